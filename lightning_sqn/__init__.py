@@ -1,0 +1,26 @@
+"""lightning_sqn: second-order and quasi-Newton optimizers for PyTorch and Lightning.
+
+Optimizers (all closure-driven ``torch.optim.Optimizer`` subclasses over one flat parameter vector):
+
+* :class:`LSR1`: limited-memory SR1 with a trust region (OBS subproblem) or a line search.
+* :class:`LBFGS`: limited-memory BFGS (compact form) with a line search and optional forgetting.
+* :class:`BFGS`, :class:`SR1`: dense variants for tiny models.
+"""
+
+from lightning_sqn.globalization import ArmijoBacktracking, StrongWolfe, TrustRegionPolicy
+from lightning_sqn.optim import BFGS, LBFGS, LSR1, SR1, NonFiniteLossError, StepStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BFGS",
+    "LBFGS",
+    "LSR1",
+    "SR1",
+    "ArmijoBacktracking",
+    "NonFiniteLossError",
+    "StepStats",
+    "StrongWolfe",
+    "TrustRegionPolicy",
+    "__version__",
+]

@@ -1,0 +1,104 @@
+"""The only module that knows the parameter layout.
+
+All optimizers in this package treat the parameters of all groups as one vector ``x`` in R^n.
+:class:`FlatParams` maps between the list of parameter tensors and flat buffers of length ``n``
+(parameters, gradients, steps) with a handful of ``torch._foreach_*`` calls, so no other module
+loops over parameters.
+
+The flat buffers use the *state dtype*: the parameters' dtype, except that low-precision parameters
+(float16, bfloat16) get float32 buffers, so curvature pairs and Gram matrices are never formed in
+half precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def state_dtype(dtypes: Iterable[torch.dtype]) -> torch.dtype:
+    """The dtype of flat optimizer buffers for parameters of the given dtypes.
+
+    The promoted dtype of all parameters, raised to float32 when that is a half-precision type.
+    """
+    dtypes = list(dtypes)
+    if not dtypes:
+        raise ValueError("state_dtype needs at least one parameter dtype")
+    out = dtypes[0]
+    for d in dtypes[1:]:
+        out = torch.promote_types(out, d)
+    if not out.is_floating_point:
+        raise ValueError(f"quasi-Newton optimizers need floating-point parameters, got {out}")
+    return torch.float32 if out in _LOW_PRECISION else out
+
+
+class FlatParams:
+    """A fixed list of parameters seen as one flat vector.
+
+    Args:
+        params: the parameters, in the order that defines the flat layout.
+
+    Raises:
+        ValueError: if ``params`` is empty, contains a parameter twice, or spans several devices.
+    """
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        params = list(params)
+        if not params:
+            raise ValueError("the optimizer got an empty parameter list")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("a parameter appears more than once in the optimizer's parameter groups")
+        devices = {p.device for p in params}
+        if len(devices) > 1:
+            raise ValueError(
+                "all parameters must live on one device to form one flat vector, got "
+                f"{sorted(map(str, devices))}"
+            )
+        self.params: list[Tensor] = params
+        self.numels: list[int] = [p.numel() for p in params]
+        self.numel: int = sum(self.numels)
+        self.device: torch.device = params[0].device
+        self.dtype: torch.dtype = state_dtype(p.dtype for p in params)
+
+    def new_zeros(self, *leading: int) -> Tensor:
+        """A zero buffer of shape ``(*leading, n)`` in the state dtype on the parameters' device."""
+        return torch.zeros(*leading, self.numel, dtype=self.dtype, device=self.device)
+
+    def views(self, flat: Tensor) -> list[Tensor]:
+        """Views of a flat vector shaped like each parameter (no copy)."""
+        return [v.view_as(p) for v, p in zip(flat.split(self.numels), self.params, strict=True)]
+
+    def gather_params(self, out: Tensor | None = None) -> Tensor:
+        """x: the current parameters as one flat vector (written into ``out`` when given)."""
+        out = self.new_zeros() if out is None else out
+        torch._foreach_copy_(self.views(out), [p.detach() for p in self.params])
+        return out
+
+    def gather_grads(self, out: Tensor | None = None) -> Tensor:
+        """g: the gradients as one flat vector; a parameter whose ``.grad`` is None counts as zero."""
+        out = self.new_zeros() if out is None else out
+        views = self.views(out)
+        have = [(v, p.grad) for v, p in zip(views, self.params, strict=True) if p.grad is not None]
+        if len(have) < len(views):
+            out.zero_()
+        if have:
+            dst, src = zip(*have, strict=True)
+            torch._foreach_copy_(list(dst), [g.detach() for g in src])
+        return out
+
+    @torch.no_grad()
+    def set_params(self, flat: Tensor) -> None:
+        """Write a flat vector into the parameters (cast to each parameter's dtype)."""
+        torch._foreach_copy_(self.params, self.views(flat))
+
+    @torch.no_grad()
+    def add_to_params(self, flat: Tensor, alpha: float = 1.0) -> None:
+        """x <- x + alpha * flat, in place on the parameters."""
+        views = self.views(flat)
+        if any(v.dtype != p.dtype for v, p in zip(views, self.params, strict=True)):
+            views = [v.to(p.dtype) for v, p in zip(views, self.params, strict=True)]
+        torch._foreach_add_(self.params, views, alpha=alpha)

@@ -1,0 +1,245 @@
+"""The closure-driven base of every optimizer in this package: bookkeeping only, no matrix algebra.
+
+:class:`QuasiNewtonOptimizer` turns the parameters of all groups into one flat vector
+(:class:`~lightning_sqn._flat.FlatParams`), evaluates closures, keeps the counters and the
+``last_step`` record, and round-trips its state through ``state_dict()``. Subclasses compose a
+curvature model (:mod:`~lightning_sqn.qn`) with a globalization (:mod:`~lightning_sqn.optim.steppers`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_sqn._flat import FlatParams
+
+Closure = Callable[[], Any]
+
+CLOSURE_REQUIRED = (
+    "{name}.step() needs a closure: a function that clears the gradients, recomputes the loss on the "
+    "current mini-batch, calls loss.backward() and returns the loss. {name} evaluates it several times "
+    "per step (the trial point of a trust region or line search), so it cannot work from a gradient "
+    "that was computed before step() was called. In plain PyTorch call `optimizer.step(closure)`; in "
+    "Lightning use automatic optimization (it passes the closure) or `optimizer.step(closure=...)` in "
+    "manual optimization. Lightning's 16-mixed precision (GradScaler) and DeepSpeed call step() without "
+    "a closure after one evaluation: use precision='32-true', '64-true' or 'bf16-mixed' instead."
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient at the current point is NaN or infinite; parameters and memory are unchanged."""
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step did (``optimizer.last_step``).
+
+    Fields are 0-dim tensors on the parameters' device (so publishing them needs no host sync) or
+    Python ints for counts the host knows; ``None`` where a method has no such quantity.
+    :meth:`as_dict` converts everything to Python numbers (this synchronises).
+    """
+
+    loss: Tensor  #: f(x_k) on the step's mini-batch
+    closure_evals: int  #: closure evaluations in this step
+    accepted: Tensor  #: whether x moved
+    step_norm: Tensor  #: ||s_k|| of the step taken or tried
+    pair_stored: Tensor  #: whether (s_k, y_k) entered the memory
+    pairs_in_memory: Tensor  #: number of pairs after the step
+    trial_loss: Tensor | None = None  #: f(x_k + s_k) (trust region) or f at the chosen step length
+    radius: Tensor | None = None  #: trust-region radius used for this step
+    next_radius: Tensor | None = None  #: radius for the next step
+    rho: Tensor | None = None  #: ared / pred
+    predicted_reduction: Tensor | None = None
+    actual_reduction: Tensor | None = None
+    sigma: Tensor | None = None  #: subproblem multiplier
+    subproblem_status: Tensor | None = None  #: :class:`~lightning_sqn.subproblem.result.SubproblemStatus`
+    eig_min: Tensor | None = None  #: smallest known eigenvalue of B_k
+    eig_max: Tensor | None = None  #: largest known eigenvalue of B_k
+    num_negative_eigs: Tensor | None = None  #: count of negative eigenvalues of B_k (with multiplicity)
+    pairs_dropped: Tensor | None = None  #: pairs removed by rank repair
+    gamma: Tensor | None = None  #: B_0 = gamma I after the step
+    step_length: float | None = None  #: line-search alpha
+    line_search_success: bool | None = None
+    line_search_reason: str | None = None
+    fallback_to_gradient: bool | None = None  #: the quasi-Newton direction was not a descent direction
+
+    def as_dict(self) -> dict[str, float | int | bool | str]:
+        out: dict[str, float | int | bool | str] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            if isinstance(v, Tensor):
+                v = v.item()
+            out[f.name] = v
+        return out
+
+
+@dataclass
+class Counters:
+    """Cumulative counts since construction (or since the state was loaded)."""
+
+    steps: int = 0
+    closure_evals: int = 0
+    accepted_steps: Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
+    stored_pairs: Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
+    skipped_pairs: Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
+
+    def to(self, device: torch.device) -> Counters:
+        for name in ("accepted_steps", "stored_pairs", "skipped_pairs"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def record(self, stats: StepStats, offered: Tensor | bool = True) -> None:
+        """Add one step. ``offered``: whether a pair was offered to the memory at all."""
+        self.steps += 1
+        self.closure_evals += stats.closure_evals
+        self.accepted_steps += stats.accepted.long()
+        self.stored_pairs += stats.pair_stored.long()
+        offered_t = torch.as_tensor(offered, device=self.skipped_pairs.device)
+        self.skipped_pairs += (offered_t & ~stats.pair_stored).long()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        for f in fields(self):
+            v = state[f.name]
+            setattr(self, f.name, v.to(device) if isinstance(v, Tensor) else int(v))
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: (v.item() if isinstance(v, Tensor) else v) for k, v in self.state_dict().items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # objects without a usable __eq__ (e.g. tensors)
+        return a is b
+
+
+class QuasiNewtonOptimizer(torch.optim.Optimizer):
+    """Base class: one flat parameter vector, closure evaluation, counters and state.
+
+    Every parameter of every group is part of one vector x; groups may be given (e.g. by code that
+    builds them for first-order optimizers) but must not carry options that differ from each other,
+    because one curvature model and one step serve all of them.
+
+    Args:
+        params: parameters or parameter groups.
+        defaults: the optimizer's options.
+    """
+
+    #: options that may legitimately differ between groups (none: one curvature model serves all)
+    _group_neutral: tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+        self._check_groups()
+        self._flat = FlatParams([p for g in self.param_groups for p in g["params"]])
+        self.counters = Counters().to(self._flat.device)
+        self.last_step: StepStats | None = None
+        self._started = False
+
+    # ------------------------------------------------------------ groups
+    def _check_groups(self) -> None:
+        first = self.param_groups[0]
+        for i, group in enumerate(self.param_groups[1:], start=1):
+            for key, value in group.items():
+                if key == "params" or key in self._group_neutral:
+                    continue
+                if not _same(value, first.get(key)):
+                    raise ValueError(
+                        f"{type(self).__name__} treats all parameters as one vector with one curvature "
+                        f"model, so parameter groups cannot have different options: group {i} sets "
+                        f"{key}={value!r} but group 0 has {key}={first.get(key)!r}. Give the option once, "
+                        "to the optimizer."
+                    )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if getattr(self, "_flat", None) is not None:
+            raise ValueError(
+                f"{type(self).__name__} cannot take new parameter groups after construction: its curvature "
+                "memory is laid out over the original parameter vector. Build a new optimizer over all "
+                "parameters instead."
+            )
+        super().add_param_group(param_group)
+
+    # ------------------------------------------------------------ closure
+    def _evaluate(self, closure: Closure, out: Tensor) -> Tensor:
+        """Run the closure once with fresh gradients; write g into ``out`` and return f (0-dim, on device)."""
+        for p in self._flat.params:
+            p.grad = None
+        with torch.enable_grad():
+            loss = closure()
+        if loss is None:
+            raise RuntimeError(
+                f"the closure given to {type(self).__name__}.step() returned None; it must return the loss "
+                "(in Lightning: training_step must return the loss, not None, on every batch)"
+            )
+        self._evals_this_step += 1
+        self._flat.gather_grads(out)
+        loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        return loss.to(device=out.device, dtype=out.dtype).reshape(())
+
+    def _check_finite_start(self, f: Tensor, g: Tensor) -> None:
+        """Raise if f(x_k) or g(x_k) is not finite (one host sync per step)."""
+        if not bool(f.isfinite() & g.isfinite().all()):
+            what = "loss" if not bool(f.isfinite()) else "gradient"
+            raise NonFiniteLossError(
+                f"{type(self).__name__}: the {what} at the current parameters is not finite, so no step can "
+                "be computed. Parameters and curvature memory are unchanged. Check the data, the model's "
+                "initialisation and the loss (e.g. log of zero)."
+            )
+
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+        """Perform one optimization step; returns f(x_k) (the loss before the step).
+
+        Args:
+            closure: re-evaluates the model and returns the loss (required).
+        """
+        if closure is None:
+            raise RuntimeError(CLOSURE_REQUIRED.format(name=type(self).__name__))
+        self._evals_this_step = 0
+        stats, offered = self._step(closure)
+        self.last_step = stats
+        self.counters.record(stats, offered)
+        self._started = True
+        return stats.loss
+
+    def _step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ state
+    def _extra_state(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["state"] = {
+            "sqn": {"counters": self.counters.state_dict(), "started": self._started, **self._extra_state()}
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = state_dict["state"].get("sqn")
+        if state is None:
+            raise ValueError(
+                f"this state_dict was not written by {type(self).__name__} (no 'sqn' entry in its state)"
+            )
+        stripped = {"state": {}, "param_groups": state_dict["param_groups"]}
+        super().load_state_dict(stripped)
+        self.state.clear()  # our state lives in the flat buffers, not per parameter
+        self.counters.load_state_dict(state["counters"], self._flat.device)
+        self._started = bool(state["started"])
+        self._load_extra_state(state)

@@ -1,0 +1,92 @@
+"""Adapters that present each curvature representation to a stepper (:mod:`~lightning_sqn.optim.steppers`).
+
+Only composition lives here: the algebra is in :mod:`~lightning_sqn.qn` and :mod:`~lightning_sqn.subproblem`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_sqn.qn.base import LimitedMemoryMatrix
+from lightning_sqn.qn.dense import DenseQuasiNewton
+from lightning_sqn.qn.lbfgs import LBFGSMatrix
+from lightning_sqn.qn.lsr1 import LSR1Matrix
+from lightning_sqn.subproblem.exact import solve_exact
+from lightning_sqn.subproblem.obs import solve_obs
+from lightning_sqn.subproblem.result import TrustRegionResult
+
+
+class LimitedMemoryModel:
+    """An :class:`LSR1Matrix` or :class:`LBFGSMatrix` as trust-region or line-search model."""
+
+    def __init__(self, matrix: LimitedMemoryMatrix, newton_iters: int = 30) -> None:
+        self.matrix = matrix
+        self.newton_iters = newton_iters
+
+    def solve(self, g: Tensor, radius: Tensor) -> TrustRegionResult:
+        if not isinstance(self.matrix, LSR1Matrix):
+            raise TypeError("the trust-region subproblem is solved by OBS, which needs an LSR1Matrix")
+        return solve_obs(self.matrix, g, radius, newton_iters=self.newton_iters)
+
+    def direction(self, g: Tensor) -> Tensor:
+        return -self.matrix.inv_mv(g)
+
+    def offer(self, s: Tensor, y: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if isinstance(self.matrix, LSR1Matrix):
+            return self.matrix.update(s, y, residual=residual)
+        stored = self.matrix.update(s, y)
+        return stored, torch.zeros((), dtype=torch.long, device=stored.device)
+
+    def pairs(self) -> Tensor:
+        return self.matrix.memory.count()
+
+    def gamma(self) -> Tensor:
+        return self.matrix.gamma
+
+    def reset(self) -> None:
+        self.matrix.reset()
+
+    def state_dict(self) -> dict:
+        return self.matrix.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.matrix.load_state_dict(state)
+
+
+class DenseModel:
+    """A dense :class:`DenseSR1` / :class:`DenseBFGS` matrix; the subproblem is solved exactly (eigh)."""
+
+    def __init__(self, matrix: DenseQuasiNewton, device: torch.device, dtype: torch.dtype) -> None:
+        self.matrix = matrix
+        self.device = device
+        self.dtype = dtype
+
+    def solve(self, g: Tensor, radius: Tensor) -> TrustRegionResult:
+        return solve_exact(self.matrix.to_dense(), g, radius)
+
+    def direction(self, g: Tensor) -> Tensor:
+        return -self.matrix.inv_mv(g)
+
+    def offer(self, s: Tensor, y: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        del residual  # the dense update forms y - B s itself
+        stored = self.matrix.update(s, y)
+        return stored, torch.zeros((), dtype=torch.long, device=self.device)
+
+    def pairs(self) -> Tensor:
+        return torch.tensor(self.matrix.num_updates, device=self.device)
+
+    def gamma(self) -> Tensor:
+        return torch.tensor(self.matrix.gamma, dtype=self.dtype, device=self.device)
+
+    def reset(self) -> None:
+        self.matrix.reset()
+
+    def state_dict(self) -> dict:
+        return self.matrix.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.matrix.load_state_dict(state)
+
+
+__all__ = ["DenseModel", "LBFGSMatrix", "LimitedMemoryModel"]

@@ -1,0 +1,247 @@
+r"""Orthonormal basis SR1 (OBS) trust-region subproblem solver (Brust, Erway & Marcia 2017).
+
+Solves
+
+.. math::
+
+    \min_p \; g^T p + \tfrac12 p^T B p \quad \text{s.t.} \quad \|p\|_2 \le \Delta,
+    \qquad B = \gamma I + \Psi M \Psi^T
+
+exactly, working only with m x m matrices:
+
+1. Rank-revealing thin factorization of Psi from its Gram matrix (no Cholesky, so a rank-deficient
+   Psi is fine): Psi^T Psi = V diag(e) V^T, Psi = Q R with R = diag(sqrt e) V^T on the numerically
+   nonzero e, Q = Psi V diag(e^{-1/2}) orthonormal (never formed).
+2. Eigen-decomposition R M R^T = U diag(Lambda_hat) U^T. Then B = P_par diag(Lambda_hat + gamma) P_par^T
+   + gamma (I - P_par P_par^T) with P_par = Q U: the eigenvalues of B are lambda_i = Lambda_hat_i + gamma
+   (r of them) and gamma with multiplicity n - r.
+3. In these coordinates, g_par = P_par^T g (from Psi^T g) and ||g_perp||^2 = ||g||^2 - ||g_par||^2, and
+   p(sigma) = -P_par (Lambda + sigma)^{-1} g_par - g_perp / (gamma + sigma).
+4. Cases (Brust et al., Alg. 1): interior (lambda_min > 0 and ||p(0)|| <= Delta, sigma = 0); boundary
+   (Newton's method on the secular equation phi(sigma) = 1/||p(sigma)|| - 1/Delta from a start with
+   phi <= 0, where the iteration increases monotonically to the root); hard case (lambda_min <= 0, g
+   has no component on its eigenspace and ||p(-lambda_min)|| <= Delta: add tau z, z the eigenvector).
+
+The step is returned as p = c_g g + [S Y] c, so forming it costs one pass over the pair buffer; the
+predicted reduction and ||p|| come from the spectral coordinates. Every operation is a fixed-shape
+device operation (the Newton iteration runs a fixed number of steps, frozen once converged), so the
+solver never synchronises with the host.
+
+We require gamma > 0 (see :class:`~lightning_sqn.qn.lsr1.LSR1Matrix`): then the model is bounded
+along the (n - r)-dimensional complement and the hard case can only arise in the parallel space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_sqn.qn.lsr1 import CompactFactors, LSR1Matrix
+from lightning_sqn.subproblem.result import SubproblemStatus, TrustRegionResult
+
+
+@dataclass
+class OBSSolution:
+    """The OBS solution in coefficient form, p = coef_g g + [S Y] coef (all 0-dim unless stated)."""
+
+    coef_g: Tensor
+    coef: Tensor  #: (2m,)
+    sigma: Tensor
+    status: Tensor
+    predicted_reduction: Tensor
+    step_norm: Tensor
+    hit_boundary: Tensor
+    eigenvalues: Tensor  #: (m + 1,) ascending: lambda_1..lambda_r padded with gamma, then gamma
+    residual_phi: Tensor  #: |phi(sigma)| at exit, for diagnostics
+
+
+def solve_obs_small(
+    f: CompactFactors,
+    psi_g: Tensor,
+    g_norm_sq: Tensor,
+    radius: Tensor,
+    n: int,
+    *,
+    rank_tol: float | None = None,
+    newton_iters: int = 30,
+) -> OBSSolution:
+    """Solve the L-SR1 trust-region subproblem in the m-dimensional coordinates.
+
+    Args:
+        f: the B-form factors (gamma, Psi^T Psi, M) of :meth:`LSR1Matrix.factors`.
+        psi_g: Psi^T g, shape (m,).
+        g_norm_sq: ||g||^2.
+        radius: Delta > 0.
+        n: the problem dimension (tells whether a perpendicular space exists).
+        rank_tol: relative singular-value threshold for the rank of Psi (default eps^(1/3)).
+        newton_iters: Newton steps on the secular equation (quadratic convergence from the safe
+            start; 30 is far more than the 3-8 it needs in practice).
+    """
+    if not f.primal:
+        raise ValueError("OBS needs the B-form factors (LSR1Matrix.factors(primal=True))")
+    dtype, device = f.gram.dtype, f.gram.device
+    eps = torch.finfo(dtype).eps
+    tol = eps ** (1.0 / 3.0) if rank_tol is None else rank_tol
+    zero = torch.zeros((), dtype=dtype, device=device)
+    gamma = f.b0
+    radius = torch.as_tensor(radius, dtype=dtype, device=device)
+
+    # 1. Psi = Q R, rank-revealing (Brust et al. Sec. 3: thin QR; here via the Gram matrix).
+    e, V = torch.linalg.eigh(f.gram)
+    keep = e > tol * tol * e.amax().clamp_min(torch.finfo(dtype).tiny)
+    sqrt_e = torch.where(keep, e.clamp_min(0).sqrt(), zero)
+    inv_sqrt_e = torch.where(keep, 1.0 / sqrt_e.clamp_min(torch.finfo(dtype).tiny), zero)
+    # 2. R M R^T = U Lambda_hat U^T (dropped directions get a large eigenvalue and are masked below).
+    RMRt = sqrt_e[:, None] * (V.t() @ f.middle @ V) * sqrt_e[None, :]
+    # Dropped coordinates get a distinct large diagonal, so their eigenvectors are exactly unit
+    # vectors on them and never mix with the kept block (which may have zero eigenvalues).
+    big = 2 * RMRt.abs().amax() + 1
+    lam_hat, U = torch.linalg.eigh(RMRt + torch.diag_embed(torch.where(keep, zero, big)))
+    kept_vec = (U * U * keep[:, None]).sum(0) > 0.5  # eigenvector lies in the kept subspace
+    lam = lam_hat + gamma
+    # 3. g_par = U^T R^{-T} Psi^T g = U^T diag(1/sqrt e) V^T psi_g.
+    a = U.t() @ (inv_sqrt_e * (V.t() @ psi_g))
+    a = torch.where(kept_vec, a, zero)
+    lam = torch.where(kept_vec, lam, gamma)  # dropped slots behave like the perpendicular space
+    r = kept_vec.sum()
+    has_perp = r < n
+    a_perp_sq = torch.where(has_perp, (g_norm_sq - (a * a).sum()).clamp_min(0), zero)
+
+    lam_min_par = torch.where(kept_vec, lam, torch.full_like(lam, float("inf"))).amin()
+    lam_min = torch.minimum(lam_min_par, gamma)
+    # Components of g on the eigenspace of lambda_min (eigenvalues within a relative tolerance).
+    scale = lam.abs().amax().clamp_min(gamma.abs())
+    on_min = kept_vec & ((lam - lam_min).abs() <= 1e3 * eps * scale)
+    a_min = torch.sqrt((torch.where(on_min, a, zero) ** 2).sum())
+    g_norm = g_norm_sq.clamp_min(0).sqrt()
+    zero_on_min = a_min <= eps**0.5 * g_norm.clamp_min(torch.finfo(dtype).tiny)
+
+    def norm_sq(sigma: Tensor, skip_min: Tensor) -> tuple[Tensor, Tensor]:
+        d = lam + sigma
+        w = torch.where(skip_min & on_min, zero, a)
+        safe = torch.where(w == 0, torch.ones_like(d), d)
+        t = torch.where(w == 0, zero, w / safe)
+        dp = gamma + sigma
+        q = (t * t).sum() + a_perp_sq / (dp * dp)
+        q3 = (t * t / safe).sum() + a_perp_sq / (dp * dp * dp)
+        return q, q3
+
+    # Interior candidate: sigma = 0 when B is positive definite.
+    q0, _ = norm_sq(zero, torch.zeros((), dtype=torch.bool, device=device))
+    interior = (lam_min > 0) & (q0 <= radius * radius)
+    # Hard case: lambda_min <= 0, no component on its eigenspace, ||p(-lambda_min)|| <= Delta.
+    hard_sigma = (-lam_min).clamp_min(0)
+    q_hard, _ = norm_sq(hard_sigma, zero_on_min)
+    hard = (~interior) & (lam_min <= 0) & zero_on_min & (q_hard <= radius * radius)
+
+    # Boundary: Newton on phi(sigma) = 1/||p|| - 1/Delta from phi(sigma_0) <= 0.
+    sigma0 = torch.where(lam_min > 0, zero, -lam_min + a_min / radius)
+    skip = (lam_min <= 0) & zero_on_min  # exact zeros: leave those terms out (no 0/0)
+    sigma = sigma0
+    for _ in range(newton_iters):
+        q, q3 = norm_sq(sigma, skip)
+        nrm = q.sqrt()
+        phi = 1.0 / nrm - 1.0 / radius
+        dphi = q3 / (nrm * q)
+        step = torch.where((dphi > 0) & torch.isfinite(phi) & (phi < 0), phi / dphi, zero)
+        sigma = sigma - step
+    q, _ = norm_sq(sigma, skip)
+    residual_phi = (1.0 / q.sqrt() - 1.0 / radius).abs() * radius
+
+    sigma = torch.where(interior, zero, torch.where(hard, hard_sigma, sigma))
+    skip_terms = hard | skip
+    d = lam + sigma
+    v_par = torch.where(skip_terms & on_min, zero, -a / torch.where(d == 0, torch.ones_like(d), d))
+    v_par = torch.where(kept_vec, v_par, zero)
+    dp = gamma + sigma
+    perp_norm_sq = a_perp_sq / (dp * dp)
+    # Hard case: add tau z along the first eigenvector of lambda_min, ||p|| = Delta, tau g^T z <= 0.
+    first_min = torch.nn.functional.one_hot(torch.argmax(on_min.to(torch.int8)), on_min.shape[0]).to(dtype)
+    tau = (radius * radius - (v_par * v_par).sum() - perp_norm_sq).clamp_min(0).sqrt()
+    sign = torch.where((a * first_min).sum() > 0, -1.0, 1.0).to(dtype)
+    v_par = v_par + torch.where(hard, sign * tau, zero) * first_min
+
+    # Step p = P_par (v_par + a / (gamma + sigma)) - g / (gamma + sigma) in [S Y] coefficients.
+    coef_g = -1.0 / dp
+    c_par = torch.where(has_perp, v_par + a / dp, v_par)
+    coef_g = torch.where(has_perp, coef_g, zero)
+    w = V @ (inv_sqrt_e * (U @ c_par))
+    coef = f.coeffs(w)
+
+    # Spectral model value m(p) = sum_par (a v + lam v^2 / 2) + perp part.
+    m_par = (a * v_par + 0.5 * lam * v_par * v_par).sum()
+    m_perp = -a_perp_sq / dp + 0.5 * gamma * perp_norm_sq
+    pred = -(m_par + m_perp)
+    step_norm = ((v_par * v_par).sum() + perp_norm_sq).sqrt()
+
+    status = torch.where(
+        interior,
+        torch.tensor(int(SubproblemStatus.INTERIOR), device=device),
+        torch.where(
+            hard,
+            torch.tensor(int(SubproblemStatus.HARD_CASE), device=device),
+            torch.tensor(int(SubproblemStatus.BOUNDARY), device=device),
+        ),
+    )
+    status = torch.where(
+        (g_norm_sq == 0) & (lam_min > 0),
+        torch.tensor(int(SubproblemStatus.ZERO_GRADIENT), device=device),
+        status,
+    )
+    eigenvalues = torch.sort(torch.cat((lam, gamma.reshape(1)))).values
+    return OBSSolution(
+        coef_g=coef_g,
+        coef=coef,
+        sigma=sigma,
+        status=status,
+        predicted_reduction=pred,
+        step_norm=step_norm,
+        hit_boundary=~interior & (status != int(SubproblemStatus.ZERO_GRADIENT)),
+        eigenvalues=eigenvalues,
+        residual_phi=residual_phi,
+    )
+
+
+def solve_obs(
+    matrix: LSR1Matrix,
+    g: Tensor,
+    radius: Tensor | float,
+    *,
+    proj_g: Tensor | None = None,
+    out: Tensor | None = None,
+    newton_iters: int = 30,
+) -> TrustRegionResult:
+    """Solve min g^T p + 1/2 p^T B p, ||p|| <= radius for the L-SR1 matrix B exactly (OBS).
+
+    Args:
+        matrix: the L-SR1 matrix (any form; the B-form factors are used).
+        g: gradient, shape (n,).
+        radius: Delta > 0.
+        proj_g: [S Y]^T g if already computed (saves a pass).
+        out: optional (n,) buffer for the step.
+        newton_iters: see :func:`solve_obs_small`.
+    """
+    mem = matrix.memory
+    f = matrix.factors(primal=True)
+    proj = mem.project(g) if proj_g is None else proj_g
+    sol = solve_obs_small(
+        f,
+        f.psi_t(proj),
+        g @ g,
+        torch.as_tensor(radius, dtype=g.dtype, device=g.device),
+        mem.n,
+        rank_tol=matrix.rank_tol,
+        newton_iters=newton_iters,
+    )
+    step = mem.combine(sol.coef, v=sol.coef_g * g, out=out)
+    return TrustRegionResult(
+        step=step,
+        sigma=sol.sigma,
+        hit_boundary=sol.hit_boundary,
+        predicted_reduction=sol.predicted_reduction,
+        status=sol.status,
+        eigenvalues=sol.eigenvalues,
+        step_norm=sol.step_norm,
+    )
