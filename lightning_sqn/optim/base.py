@@ -149,13 +149,23 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         self._started = False
 
     # ------------------------------------------------------------ groups
-    def _check_groups(self) -> None:
-        first = self.param_groups[0]
-        for i, group in enumerate(self.param_groups[1:], start=1):
+    def _check_groups(self, groups: list[dict[str, Any]] | None = None) -> None:
+        """ValueError if a group (of ``groups``, default ``param_groups``) sets an option differently."""
+        groups = self.param_groups if groups is None else groups
+        first = groups[0]
+        for i, group in enumerate(groups):
             for key, value in group.items():
                 if key == "params" or key in self._group_neutral:
                     continue
-                if not _same(value, first.get(key)):
+                if key in self.defaults and not _same(value, self.defaults[key]):
+                    # The options are read from the constructor, never from the groups: a group value
+                    # that differs would be shown in param_groups but silently ignored.
+                    raise ValueError(
+                        f"{type(self).__name__} reads its options from its constructor, not from parameter "
+                        f"groups: group {i} sets {key}={value!r} but the optimizer was built with "
+                        f"{key}={self.defaults[key]!r}. Pass {key}={value!r} to the optimizer instead."
+                    )
+                if i > 0 and not _same(value, first.get(key)):
                     raise ValueError(
                         f"{type(self).__name__} treats all parameters as one vector with one curvature "
                         f"model, so parameter groups cannot have different options: group {i} sets "
@@ -237,6 +247,8 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"this state_dict was not written by {type(self).__name__} (no 'sqn' entry in its state)"
             )
+        # Saved options that differ from this optimizer's would be shown in param_groups but ignored.
+        self._check_groups(state_dict["param_groups"])
         stripped = {"state": {}, "param_groups": state_dict["param_groups"]}
         super().load_state_dict(stripped)
         self.state.clear()  # our state lives in the flat buffers, not per parameter

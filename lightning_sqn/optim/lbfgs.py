@@ -69,9 +69,8 @@ class LBFGS(QuasiNewtonOptimizer):
 
     def _step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:
         k = self.counters.steps
-        if self.forget_every is not None and k > 0 and k % self.forget_every == 0:
-            self._model.reset()
-        return self._stepper.step(closure)
+        forget = self.forget_every is not None and k > 0 and k % self.forget_every == 0
+        return self._stepper.step(closure, forget=forget)
 
     def _extra_state(self) -> dict[str, Any]:
         return {"matrix": self._model.state_dict(), "stepper": self._stepper.state_dict()}

@@ -175,18 +175,23 @@ class LineSearchStepper:
         self.prev_alpha = 1.0
         self.last_alpha = 0.0
 
-    def step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:
+    def step(self, closure: Closure, forget: bool = False) -> tuple[StepStats, Tensor | bool]:
+        """One step; ``forget`` clears the memory first (L-BFGS forgetting), once f(x_k) is known to be
+        finite, so a step refused with NonFiniteLossError leaves the memory unchanged."""
         opt, flat = self.opt, self.opt._flat
         x = flat.gather_params(self.x)
         f0 = opt._evaluate(closure, self.g)
         opt._check_finite_start(f0, self.g)
+        if forget:
+            self.model.reset()
         g = self.g
         d = self.model.direction(g)
         dphi0 = float(g @ d)
         fallback = not (dphi0 < 0.0)
         if fallback:
-            # -H g is not a descent direction (SR1's H may be indefinite): restart from the scaled
-            # steepest-descent direction with an empty memory.
+            # -H g is not a descent direction (SR1's H may be indefinite): take the scaled
+            # steepest-descent direction -g / gamma for this step. The memory is kept: the pair from
+            # this step may repair the indefiniteness (clearing it here measured slower on Rosenbrock).
             d = -g / self.model.gamma()
             dphi0 = float(g @ d)
         dnorm = float(torch.linalg.vector_norm(d))

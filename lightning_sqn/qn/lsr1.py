@@ -84,7 +84,9 @@ class LSR1Matrix(LimitedMemoryMatrix):
         gamma: how B_0 = gamma I is chosen after each stored pair:
 
             * ``"scaled"``: gamma = y^T y / s^T y of the newest stored pair when s^T y > 0, else the
-              previous gamma (the usual Barzilai-Borwein scaling; gamma stays positive).
+              previous gamma (the usual Barzilai-Borwein scaling; gamma stays positive). In the H form
+              the scaling of the pair stored *before* the newest is used, because the newest pair's
+              own scaling makes its entry of N^{-1} vanish (y^T s - delta y^T y = 0).
             * ``"eigen"``: gamma = ``gamma_fraction`` x lambda_hat, with lambda_hat the smallest
               eigenvalue of the pencil (D + L + L^T, S^T S) over the stored pairs, when it is positive
               (Erway, Griffin, Marcia & Omheni 2020). Then M^{-1} = D + L + L^T - gamma S^T S is
@@ -95,8 +97,9 @@ class LSR1Matrix(LimitedMemoryMatrix):
         gamma_fraction: the safety fraction of ``"eigen"``, in (0, 1).
         skip_tol: r of the SR1 skip rule |s^T (y - B s)| >= r ||s|| ||y - B s||, in (0, 1).
         rank_tol: relative threshold for "full column rank" (singular values of Psi above
-            rank_tol x the largest) and "nonsingular" (|eigenvalues| of M^{-1} above rank_tol x the
-            largest). Default eps^(1/3) of the dtype.
+            rank_tol x (||Y||_F + gamma ||S||_F)) and "nonsingular" (|eigenvalues| of M^{-1} above
+            rank_tol x ||S||_F (||Y||_F + gamma ||S||_F)), norms over the pairs kept (S and Y swapped,
+            gamma -> 1/gamma for the H form). Default eps^(1/3) of the dtype.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class LSR1Matrix(LimitedMemoryMatrix):
         self.skip_tol = skip_tol
         self.rank_tol = _default_rank_tol(dtype) if rank_tol is None else rank_tol
         self._factors: dict[bool, CompactFactors] = {}
+        self.gamma_next = self.gamma.clone()  # H form with gamma="scaled": the lagged scaling
 
     # ------------------------------------------------------------- factors
     def _invalidate(self) -> None:
@@ -216,11 +220,27 @@ class LSR1Matrix(LimitedMemoryMatrix):
         if not isinstance(self.gamma_choice, str):
             return
         if self.gamma_choice == "scaled":
-            new = torch.where(sy > 0, yy / sy.clamp_min(torch.finfo(sy.dtype).tiny), self.gamma)
+            cand = torch.where(sy > 0, yy / sy.clamp_min(torch.finfo(sy.dtype).tiny), self.gamma)
+            if self.form == "B":
+                new = cand
+            else:
+                # H form: delta = s^T y / y^T y of the newest pair makes that pair's own entry of
+                # N^{-1} = D + L' + L'^T - delta Y^T Y exactly zero (y^T s - delta y^T y = 0), so a lone
+                # new pair could never be kept. Use the scaling of the previously stored pair instead.
+                new = self.gamma_next.clone()
+                ok_cand = stored & (cand > 0) & cand.isfinite()
+                self.gamma_next.copy_(torch.where(ok_cand, cand, self.gamma_next))
         else:
             new = self.gamma_fraction * self._pencil_min()
         ok = stored & (new > 0) & new.isfinite()
         self.gamma.copy_(torch.where(ok, new, self.gamma))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "gamma_next": self.gamma_next}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.gamma_next.copy_(state["gamma_next"].to(self.gamma_next))
 
     def _pencil_min(self) -> Tensor:
         """lambda_hat: smallest eigenvalue of (D + L + L^T) u = lambda S^T S u on the active pairs.
@@ -254,11 +274,18 @@ class LSR1Matrix(LimitedMemoryMatrix):
         gram, inv = self._middle_inverse(primal, cands, b0)
         count = cands.sum(1)
         tol = self.rank_tol
+        # Thresholds scale with the terms that form Psi = V - b0 U and M^{-1} = D + L + L^T - b0 U^T U
+        # ((U, V) = (S, Y), or (Y, S) for the H form), not with their own largest eigenvalue: that cannot
+        # see cancellation (a 1 x 1 M^{-1} that is zero up to rounding would always pass).
+        UU, VV = (mem.SS, mem.YY) if primal else (mem.YY, mem.SS)
+        zero = torch.zeros((), dtype=inv.dtype, device=inv.device)
+        u_norm = torch.where(cands, torch.diagonal(UU), zero).sum(1).clamp_min(0).sqrt()  # ||U||_F
+        size = torch.where(cands, torch.diagonal(VV), zero).sum(1).clamp_min(0).sqrt() + b0.abs() * u_norm
         lam_m = torch.linalg.eigvalsh(inv).abs()
-        ok = (lam_m > tol * lam_m.amax(1, keepdim=True)).sum(1) == count
+        ok = (lam_m > tol * (u_norm * size)[:, None]).sum(1) == count
         if primal:
             lam_g = torch.linalg.eigvalsh(gram)
-            ok &= (lam_g > tol * tol * lam_g.amax(1, keepdim=True)).sum(1) == count
+            ok &= (lam_g > tol * tol * (size * size)[:, None]).sum(1) == count
         first = torch.argmax(ok.to(torch.int8))  # the last candidate (no pairs) always passes
         mem.keep(cands[first])
 

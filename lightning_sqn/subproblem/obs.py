@@ -53,7 +53,9 @@ class OBSSolution:
     predicted_reduction: Tensor
     step_norm: Tensor
     hit_boundary: Tensor
-    eigenvalues: Tensor  #: (m + 1,) ascending: lambda_1..lambda_r padded with gamma, then gamma
+    #: (m + 1,) ascending: lambda_1..lambda_r padded with gamma, then gamma (with lambda_r instead of
+    #: gamma when r = n, where gamma is no eigenvalue of B)
+    eigenvalues: Tensor
     residual_phi: Tensor  #: |phi(sigma)| at exit, for diagnostics
 
 
@@ -118,37 +120,50 @@ def solve_obs_small(
     g_norm = g_norm_sq.clamp_min(0).sqrt()
     zero_on_min = a_min <= eps**0.5 * g_norm.clamp_min(torch.finfo(dtype).tiny)
 
-    def norm_sq(sigma: Tensor, skip_min: Tensor) -> tuple[Tensor, Tensor]:
-        d = lam + sigma
-        w = torch.where(skip_min & on_min, zero, a)
-        safe = torch.where(w == 0, torch.ones_like(d), d)
-        t = torch.where(w == 0, zero, w / safe)
-        dp = gamma + sigma
-        q = (t * t).sum() + a_perp_sq / (dp * dp)
-        q3 = (t * t / safe).sum() + a_perp_sq / (dp * dp * dp)
-        return q, q3
+    # The secular function over the r + 1 distinct eigenvalues: [lambda_1..lambda_m, gamma] with
+    # squared weights [a_i^2, ||g_perp||^2]; zero weights (dropped slots, or the lambda_min terms left
+    # out in the (near-)hard case) contribute nothing and never divide by zero.
+    lam_ext = torch.cat((lam, gamma.reshape(1)))
 
+    def weights(skip_min: Tensor) -> Tensor:
+        w = torch.where(skip_min & on_min, zero, a)
+        return torch.cat((w * w, a_perp_sq.reshape(1)))
+
+    def norm_sq(sigma: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
+        """||p(sigma)||^2 and sum w2 / (lambda + sigma)^3 (for phi')."""
+        d = torch.where(w2 == 0, torch.ones_like(lam_ext), lam_ext + sigma)
+        t = w2 / (d * d)
+        return t.sum(), (t / d).sum()
+
+    no_skip = torch.zeros((), dtype=torch.bool, device=device)
     # Interior candidate: sigma = 0 when B is positive definite.
-    q0, _ = norm_sq(zero, torch.zeros((), dtype=torch.bool, device=device))
+    q0, _ = norm_sq(zero, weights(no_skip))
     interior = (lam_min > 0) & (q0 <= radius * radius)
     # Hard case: lambda_min <= 0, no component on its eigenspace, ||p(-lambda_min)|| <= Delta.
     hard_sigma = (-lam_min).clamp_min(0)
-    q_hard, _ = norm_sq(hard_sigma, zero_on_min)
+    q_hard, _ = norm_sq(hard_sigma, weights(zero_on_min))
     hard = (~interior) & (lam_min <= 0) & zero_on_min & (q_hard <= radius * radius)
 
-    # Boundary: Newton on phi(sigma) = 1/||p|| - 1/Delta from phi(sigma_0) <= 0.
+    # Boundary: Newton on phi(sigma) = 1/||p|| - 1/Delta from sigma_0 with phi(sigma_0) <= 0; phi is
+    # concave and increasing there, so the iterates increase monotonically to the root. On the CPU the
+    # loop stops once no iterate moves (reading a CPU tensor costs no device synchronisation); on an
+    # accelerator it runs ``newton_iters`` fixed-shape steps, frozen once converged.
     sigma0 = torch.where(lam_min > 0, zero, -lam_min + a_min / radius)
-    skip = (lam_min <= 0) & zero_on_min  # exact zeros: leave those terms out (no 0/0)
+    skip = (lam_min <= 0) & zero_on_min
+    w2 = weights(skip)
+    inv_radius = 1.0 / radius
     sigma = sigma0
+    early_exit = device.type == "cpu"
     for _ in range(newton_iters):
-        q, q3 = norm_sq(sigma, skip)
+        q, q3 = norm_sq(sigma, w2)
         nrm = q.sqrt()
-        phi = 1.0 / nrm - 1.0 / radius
-        dphi = q3 / (nrm * q)
-        step = torch.where((dphi > 0) & torch.isfinite(phi) & (phi < 0), phi / dphi, zero)
+        phi = 1.0 / nrm - inv_radius
+        step = torch.where((q3 > 0) & (phi < 0), phi * nrm * q / q3, zero)
         sigma = sigma - step
-    q, _ = norm_sq(sigma, skip)
-    residual_phi = (1.0 / q.sqrt() - 1.0 / radius).abs() * radius
+        if early_exit and not bool(step.abs() > 4 * eps * sigma.abs()):
+            break
+    q, _ = norm_sq(sigma, w2)
+    residual_phi = (1.0 / q.sqrt() - inv_radius).abs() * radius
 
     sigma = torch.where(interior, zero, torch.where(hard, hard_sigma, sigma))
     skip_terms = hard | skip
@@ -190,7 +205,11 @@ def solve_obs_small(
         torch.tensor(int(SubproblemStatus.ZERO_GRADIENT), device=device),
         status,
     )
-    eigenvalues = torch.sort(torch.cat((lam, gamma.reshape(1)))).values
+    # gamma is an eigenvalue of B only if the perpendicular space exists (r < n); otherwise pad with
+    # lambda_max of the parallel space so min/max stay those of B.
+    lam_max_par = torch.where(kept_vec, lam, torch.full_like(lam, float("-inf"))).amax()
+    pad = torch.where(has_perp, gamma, lam_max_par)
+    eigenvalues = torch.sort(torch.cat((torch.where(kept_vec, lam, pad), pad.reshape(1)))).values
     return OBSSolution(
         coef_g=coef_g,
         coef=coef,

@@ -1,0 +1,101 @@
+"""The optimizers inside ``lightning.Trainer`` (automatic optimization, one CPU device, float32).
+
+Lightning passes its training closure to ``optimizer.step(closure=...)``; the closure runs
+``training_step``, ``zero_grad`` and ``backward``. So ``training_step`` runs once per closure evaluation:
+exactly twice per L-SR1 trust-region step, and as often as the line search evaluates for L-BFGS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_sqn
+
+NUM_SAMPLES, BATCH_SIZE, EPOCHS = 256, 128, 10
+STEPS = EPOCHS * NUM_SAMPLES // BATCH_SIZE
+
+# Warnings Lightning emits that these tests cannot avoid; nothing else may warn:
+# - forcing accelerator="cpu" on a machine with a GPU;
+# - Lightning 2.6's CombinedLoader builds torch.utils._pytree.LeafSpec, deprecated in recent torch.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:GPU available but not used"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec.* is deprecated:FutureWarning"),
+]
+
+
+def _data() -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(NUM_SAMPLES, 4, generator=g)
+    y = torch.sin(X[:, :1]) + 0.5 * X[:, 1:2] * X[:, 2:3] - 0.3 * X[:, 3:4]
+    return X, y
+
+
+class Regression(lightning.LightningModule):
+    """A 4-16-1 tanh MLP with mean squared error; counts its ``training_step`` calls."""
+
+    def __init__(self, make_optimizer: Callable[..., torch.optim.Optimizer]) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+        self.make_optimizer = make_optimizer
+        self.training_step_calls = 0
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        self.training_step_calls += 1
+        X, y = batch
+        return nn.functional.mse_loss(self.net(X), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.make_optimizer(self.parameters())
+
+    def full_loss(self) -> float:
+        X, y = _data()
+        with torch.no_grad():
+            return float(nn.functional.mse_loss(self.net(X), y))
+
+
+def _fit(make_optimizer: Callable[..., torch.optim.Optimizer]) -> tuple[Regression, lightning.Trainer]:
+    model = Regression(make_optimizer)
+    loader = DataLoader(TensorDataset(*_data()), batch_size=BATCH_SIZE, shuffle=False)
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=EPOCHS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, loader)
+    return model, trainer
+
+
+def test_lsr1_trust_region_trains_with_two_training_steps_per_step() -> None:
+    initial = Regression(lambda p: lightning_sqn.LSR1(p)).full_loss()
+    model, trainer = _fit(lambda p: lightning_sqn.LSR1(p))
+    (opt,) = trainer.optimizers
+    assert isinstance(opt, lightning_sqn.LSR1)
+    assert trainer.global_step == STEPS
+    assert opt.counters.steps == trainer.global_step
+    assert model.training_step_calls == 2 * trainer.global_step
+    assert opt.counters.closure_evals == model.training_step_calls
+    assert model.full_loss() < 0.25 * initial
+
+
+def test_lbfgs_trains() -> None:
+    initial = Regression(lambda p: lightning_sqn.LBFGS(p)).full_loss()
+    model, trainer = _fit(lambda p: lightning_sqn.LBFGS(p))
+    (opt,) = trainer.optimizers
+    assert isinstance(opt, lightning_sqn.LBFGS)
+    assert trainer.global_step == STEPS
+    assert opt.counters.steps == trainer.global_step
+    # At least f(x_k) and one trial per step; every closure call is one training_step.
+    assert model.training_step_calls >= 2 * trainer.global_step
+    assert opt.counters.closure_evals == model.training_step_calls
+    assert model.full_loss() < 0.25 * initial

@@ -1,0 +1,215 @@
+"""PairMemory against a plain Python model of the ring buffer and Gram matrices recomputed from scratch.
+
+The reference keeps the pairs in a dict slot -> (serial, s, y) and picks the slot the documented way
+(the first empty slot, else the slot of the oldest active pair); the Gram matrices are recomputed as
+S^T S, S^T Y, Y^T Y from the stored buffer rows after every operation.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from lightning_sqn.qn.memory import PairMemory
+
+DTYPE = torch.float64
+
+
+class RingModel:
+    """Independent model of the masked ring buffer: slots, serial numbers, activity."""
+
+    def __init__(self, m: int, n: int) -> None:
+        self.m = m
+        self.S = torch.zeros(m, n, dtype=DTYPE)
+        self.Y = torch.zeros(m, n, dtype=DTYPE)
+        self.serial = [-1] * m
+        self.active = [False] * m
+        self.next_serial = 0
+
+    def slot(self) -> int:
+        for i in range(self.m):
+            if not self.active[i]:
+                return i
+        return min(range(self.m), key=lambda i: self.serial[i])
+
+    def push(self, s: torch.Tensor, y: torch.Tensor, store: bool) -> int:
+        k = self.slot()
+        if store:
+            self.S[k], self.Y[k] = s, y
+            self.serial[k] = self.next_serial
+            self.active[k] = True
+            self.next_serial += 1
+        return k
+
+    def keep(self, mask: list[bool]) -> None:
+        self.active = [a and b for a, b in zip(self.active, mask, strict=True)]
+
+    def time_order(self) -> list[int]:
+        return sorted((i for i in range(self.m) if self.active[i]), key=lambda i: self.serial[i])
+
+
+def assert_matches(mem: PairMemory, ref: RingModel) -> None:
+    torch.testing.assert_close(mem.S, ref.S, rtol=0, atol=0)
+    torch.testing.assert_close(mem.Y, ref.Y, rtol=0, atol=0)
+    active = [i for i in range(ref.m) if ref.active[i]]
+    # serial of inactive slots is irrelevant after keep/clear; compare the active ones and the mask.
+    assert mem.active.tolist() == ref.active
+    assert [int(mem.serial[i]) for i in active] == [ref.serial[i] for i in active]
+    assert int(mem.next_serial) == ref.next_serial
+    assert int(mem.count()) == len(active)
+    # Gram matrices equal the products recomputed from the buffer rows (all slots, active or not).
+    torch.testing.assert_close(mem.SS, ref.S @ ref.S.T, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(mem.SY, ref.S @ ref.Y.T, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(mem.YY, ref.Y @ ref.Y.T, rtol=1e-13, atol=1e-13)
+    # age ranks: position in time order; m for inactive slots.
+    rank = [ref.m] * ref.m
+    for r, i in enumerate(ref.time_order()):
+        rank[i] = r
+    assert mem.age_rank().tolist() == rank
+    later = [[ref.active[i] and ref.active[j] and ref.serial[i] > ref.serial[j] for j in range(ref.m)]
+             for i in range(ref.m)]  # fmt: skip
+    assert mem.later().tolist() == later
+
+
+def test_many_pushes_with_wraparound_skips_keep_and_clear() -> None:
+    gen = torch.Generator().manual_seed(0)
+    m, n = 4, 7
+    mem = PairMemory(m, n, dtype=DTYPE, device="cpu")
+    ref = RingModel(m, n)
+    assert_matches(mem, ref)
+    for step in range(60):
+        s = torch.randn(n, generator=gen, dtype=DTYPE)
+        y = torch.randn(n, generator=gen, dtype=DTYPE)
+        store = bool(torch.rand((), generator=gen) < 0.75)
+        expected_slot = ref.slot()
+        slot = mem.push(s, y, torch.tensor(store))
+        ref.push(s, y, store)
+        if store:
+            assert int(slot) == expected_slot
+        assert_matches(mem, ref)
+        if step % 11 == 10:  # drop a random subset (rank repair / forgetting use keep)
+            mask = (torch.rand(m, generator=gen) < 0.5).tolist()
+            mem.keep(torch.tensor(mask))
+            ref.keep(mask)
+            assert_matches(mem, ref)
+        if step == 37:
+            mem.clear()
+            ref.keep([False] * m)
+            assert_matches(mem, ref)
+    assert ref.next_serial > 2 * m  # the buffer wrapped several times
+
+
+def test_skipped_push_changes_nothing() -> None:
+    gen = torch.Generator().manual_seed(1)
+    m, n = 3, 5
+    mem = PairMemory(m, n, dtype=DTYPE, device="cpu")
+    for _ in range(5):
+        mem.push(torch.randn(n, generator=gen, dtype=DTYPE), torch.randn(n, generator=gen, dtype=DTYPE),
+                 torch.tensor(True))  # fmt: skip
+    before = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in mem.state_dict().items()}
+    s = torch.randn(n, generator=gen, dtype=DTYPE)
+    mem.push(s, 3 * s, torch.tensor(False))
+    for k, v in mem.state_dict().items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, before[k]), k
+        else:
+            assert v == before[k]
+
+
+def test_slot_choice_empty_first_then_oldest() -> None:
+    m, n = 3, 2
+    mem = PairMemory(m, n, dtype=DTYPE, device="cpu")
+    one = torch.ones(n, dtype=DTYPE)
+    t = torch.tensor(True)
+    assert [int(mem.push(k * one, one, t)) for k in range(1, 4)] == [0, 1, 2]
+    assert int(mem.push(4 * one, one, t)) == 0  # full: the oldest (serial 0) sits in slot 0
+    assert int(mem.push(5 * one, one, t)) == 1
+    # Free slot 2 (serial 2, now the oldest): the next pair takes the empty slot 2 ...
+    mem.keep(torch.tensor([True, True, False]))
+    assert int(mem.push(6 * one, one, t)) == 2
+    # ... then the oldest active pair is the one in slot 0 (serial 3).
+    assert mem.age_rank().tolist() == [0, 1, 2]
+    assert int(mem.push(7 * one, one, t)) == 0
+    assert mem.S[:, 0].tolist() == [7.0, 5.0, 6.0]
+    assert mem.age_rank().tolist() == [2, 0, 1]
+    # Empty slot chosen over an older active pair even when it is not the first slot.
+    mem.keep(torch.tensor([True, False, True]))
+    assert int(mem.push(8 * one, one, t)) == 1
+
+
+def test_drop_oldest_candidates() -> None:
+    m, n = 4, 3
+    mem = PairMemory(m, n, dtype=DTYPE, device="cpu")
+    one = torch.ones(n, dtype=DTYPE)
+    for k in range(6):  # slots hold serials [4, 5, 2, 3]
+        mem.push(k * one, one, torch.tensor(True))
+    mem.keep(torch.tensor([True, True, False, True]))  # active serials 4, 5, 3
+    cands = mem.drop_oldest_candidates()
+    assert cands.shape == (m + 1, m)
+    expected = [
+        [True, True, False, True],
+        [True, True, False, False],  # drop serial 3 (slot 3)
+        [False, True, False, False],  # then serial 4 (slot 0)
+        [False, False, False, False],
+        [False, False, False, False],
+    ]
+    assert cands.tolist() == expected
+
+
+def test_project_and_combine() -> None:
+    gen = torch.Generator().manual_seed(2)
+    m, n = 3, 6
+    mem = PairMemory(m, n, dtype=DTYPE, device="cpu")
+    for _ in range(4):
+        mem.push(torch.randn(n, generator=gen, dtype=DTYPE), torch.randn(n, generator=gen, dtype=DTYPE),
+                 torch.tensor(True))  # fmt: skip
+    S, Y = mem.S.clone(), mem.Y.clone()
+    v = torch.randn(n, generator=gen, dtype=DTYPE)
+    V = torch.randn(n, 2, generator=gen, dtype=DTYPE)
+    torch.testing.assert_close(mem.project(v), torch.cat((S @ v, Y @ v)))
+    torch.testing.assert_close(mem.project(V), torch.cat((S @ V, Y @ V)))
+    c = torch.randn(2 * m, generator=gen, dtype=DTYPE)
+    C = torch.randn(2 * m, 2, generator=gen, dtype=DTYPE)
+    torch.testing.assert_close(mem.combine(c), S.T @ c[:m] + Y.T @ c[m:])
+    torch.testing.assert_close(mem.combine(c, v=v), v + S.T @ c[:m] + Y.T @ c[m:])
+    torch.testing.assert_close(mem.combine(C, v=V), V + S.T @ C[:m] + Y.T @ C[m:])
+    out = torch.empty(n, dtype=DTYPE)
+    mem.combine(c, v=v, out=out)
+    torch.testing.assert_close(out, v + S.T @ c[:m] + Y.T @ c[m:])
+    P = mem.pair_products(v, 2 * v)
+    torch.testing.assert_close(P, torch.stack((mem.project(v), mem.project(2 * v)), 1))
+
+
+def test_state_dict_round_trip() -> None:
+    gen = torch.Generator().manual_seed(3)
+    m, n = 3, 5
+    mem = PairMemory(m, n, dtype=DTYPE, device="cpu")
+    for _ in range(5):
+        mem.push(torch.randn(n, generator=gen, dtype=DTYPE), torch.randn(n, generator=gen, dtype=DTYPE),
+                 torch.tensor(True))  # fmt: skip
+    mem.keep(torch.tensor([True, False, True]))
+    buf = io.BytesIO()
+    torch.save(mem.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    other = PairMemory(m, n, dtype=DTYPE, device="cpu")
+    other.load_state_dict(state)
+    for name in PairMemory._TENSORS:
+        assert torch.equal(getattr(other, name), getattr(mem, name)), name
+    # Both continue identically.
+    s, y = torch.randn(n, generator=gen, dtype=DTYPE), torch.randn(n, generator=gen, dtype=DTYPE)
+    assert int(mem.push(s, y, torch.tensor(True))) == int(other.push(s, y, torch.tensor(True)))
+    for name in PairMemory._TENSORS:
+        assert torch.equal(getattr(other, name), getattr(mem, name)), name
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        PairMemory(m + 1, n, dtype=DTYPE, device="cpu").load_state_dict(state)
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        PairMemory(m, n + 1, dtype=DTYPE, device="cpu").load_state_dict(state)
+
+
+@pytest.mark.parametrize("memory", [0, -1, True, 2.0])
+def test_bad_memory_raises(memory) -> None:
+    with pytest.raises(ValueError, match="memory"):
+        PairMemory(memory, 3, dtype=DTYPE, device="cpu")
