@@ -8,6 +8,7 @@ Optimizers (all closure-driven ``torch.optim.Optimizer`` subclasses over one fla
 """
 
 from lightning_sqn.globalization import ArmijoBacktracking, StrongWolfe, TrustRegionPolicy
+from lightning_sqn.lightning import SQNDDPStrategy
 from lightning_sqn.optim import BFGS, LBFGS, LSR1, SR1, NonFiniteLossError, StepStats
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ __all__ = [
     "SR1",
     "ArmijoBacktracking",
     "NonFiniteLossError",
+    "SQNDDPStrategy",
     "StepStats",
     "StrongWolfe",
     "TrustRegionPolicy",

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_sqn._flat import FlatParams
+from lightning_sqn.distributed.communicator import Communicator, check_communicator
 
 Closure = Callable[[], Any]
 
@@ -147,6 +148,8 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         self.counters = Counters().to(self._flat.device)
         self.last_step: StepStats | None = None
         self._started = False
+        #: mean of the loss over ranks (set by ``strategy="ddp_sqn"``); ``None`` on a single process
+        self.communicator: Communicator | None = None
 
     # ------------------------------------------------------------ groups
     def _check_groups(self, groups: list[dict[str, Any]] | None = None) -> None:
@@ -197,7 +200,10 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         self._evals_this_step += 1
         self._flat.gather_grads(out)
         loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
-        return loss.to(device=out.device, dtype=out.dtype).reshape(())
+        loss = loss.to(device=out.device, dtype=out.dtype).reshape(())
+        if self.communicator is not None:  # every rank decides from the same (global mean) loss
+            loss = self.communicator.all_reduce_mean(loss)
+        return loss
 
     def _check_finite_start(self, f: Tensor, g: Tensor) -> None:
         """Raise if f(x_k) or g(x_k) is not finite (one host sync per step)."""
@@ -217,6 +223,7 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         """
         if closure is None:
             raise RuntimeError(CLOSURE_REQUIRED.format(name=type(self).__name__))
+        check_communicator(self, self.communicator)
         self._evals_this_step = 0
         stats, offered = self._step(closure)
         self.last_step = stats

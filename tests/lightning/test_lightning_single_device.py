@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import lightning
-import pytest
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -20,15 +19,10 @@ import lightning_sqn
 NUM_SAMPLES, BATCH_SIZE, EPOCHS = 256, 128, 10
 STEPS = EPOCHS * NUM_SAMPLES // BATCH_SIZE
 
+
 # Warnings Lightning emits that these tests cannot avoid; nothing else may warn:
 # - forcing accelerator="cpu" on a machine with a GPU;
 # - Lightning 2.6's CombinedLoader builds torch.utils._pytree.LeafSpec, deprecated in recent torch.
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:GPU available but not used"),
-    pytest.mark.filterwarnings("ignore:.*LeafSpec.* is deprecated:FutureWarning"),
-]
-
-
 def _data() -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(0)
     X = torch.randn(NUM_SAMPLES, 4, generator=g)

@@ -1,0 +1,105 @@
+"""``strategy="ddp_sqn"`` on 2 CPU processes (gloo) equals one process on the concatenated batch.
+
+The worker (``ddp_worker.py``) is started as two real processes with the torch.distributed environment
+variables, so Lightning treats them as externally launched ranks (as under torchrun). One spawn runs all
+cases to pay the start-up cost once (about 15 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(out: Path, world: int) -> list[dict]:
+    port = _free_port()
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ)
+        if world > 1:
+            env.update(
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                WORLD_SIZE=str(world),
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                NODE_RANK="0",
+            )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), str(out)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    logs = [p.communicate(timeout=240)[0].decode(errors="replace") for p in procs]
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+    return [torch.load(f"{out}.rank{r}", weights_only=False) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[dict, list[dict]]:
+    tmp = tmp_path_factory.mktemp("ddp")
+    (single,) = _run(tmp / "single", 1)
+    ranks = _run(tmp / "ddp", 2)
+    return single, ranks
+
+
+@pytest.mark.parametrize("case", ["lsr1_tr", "lsr1_ls", "lbfgs"])
+def test_two_ranks_equal_one_process_with_the_double_batch(runs, case) -> None:
+    single, ranks = runs
+    ref = single[case]
+    assert ref["steps"] == 20
+    for rank in ranks:
+        got = rank[case]
+        assert got["steps"] == ref["steps"]
+        # Identical decisions and closure counts at every step ...
+        assert [r["accepted"] for r in got["rows"]] == [r["accepted"] for r in ref["rows"]]
+        assert [r["closure_evals"] for r in got["rows"]] == [r["closure_evals"] for r in ref["rows"]]
+        assert [r["training_steps"] for r in got["rows"]] == [r["closure_evals"] for r in got["rows"]]
+        # ... the global loss, and the parameters after 20 steps within 1e-6 relative.
+        torch.testing.assert_close(
+            torch.tensor([r["loss"] for r in got["rows"]]),
+            torch.tensor([r["loss"] for r in ref["rows"]]),
+            rtol=1e-9,
+            atol=0,
+        )
+        rel = (got["params"] - ref["params"]).norm() / ref["params"].norm()
+        assert rel <= 1e-6, float(rel)
+    assert any(not r["accepted"] for r in ref["rows"]) or case != "lsr1_tr"  # the run exercises rejections
+
+
+def test_ranks_with_very_different_losses_decide_identically(runs) -> None:
+    """Rank 1's shard has targets shifted by 10: its own loss is ~100x rank 0's. The decisions (and the
+    closure counts, so no rank waits in a collective the other never enters) are still identical."""
+    single, (r0, r1) = runs
+    a, b = r0["lsr1_tr_skewed"]["rows"], r1["lsr1_tr_skewed"]["rows"]
+    assert len(a) == len(b) == 20
+    assert a == b
+    assert [r["accepted"] for r in a] == [r["accepted"] for r in single["lsr1_tr_skewed"]["rows"]]
+    assert 0 < sum(r["accepted"] for r in a) < 20  # accepts and rejects both occur
+    torch.testing.assert_close(r0["lsr1_tr_skewed"]["params"], r1["lsr1_tr_skewed"]["params"], rtol=0, atol=0)
+
+
+def test_plain_ddp_refuses_our_optimizers(runs) -> None:
+    _, ranks = runs
+    for rank in ranks:
+        name, message = rank["plain_ddp_error"]
+        assert name == "MisconfigurationException"
+        assert "ddp_sqn" in message and "diverge" in message
