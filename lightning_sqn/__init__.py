@@ -8,7 +8,7 @@ Optimizers (all closure-driven ``torch.optim.Optimizer`` subclasses over one fla
 """
 
 from lightning_sqn.globalization import ArmijoBacktracking, StrongWolfe, TrustRegionPolicy
-from lightning_sqn.lightning import SQNDDPStrategy
+from lightning_sqn.lightning import GuardCallback, SQNDDPStrategy, SQNSingleDeviceStrategy, check_trainer
 from lightning_sqn.optim import BFGS, LBFGS, LSR1, SR1, NonFiniteLossError, StepStats
 
 __version__ = "0.1.0"
@@ -19,10 +19,13 @@ __all__ = [
     "LSR1",
     "SR1",
     "ArmijoBacktracking",
+    "GuardCallback",
     "NonFiniteLossError",
     "SQNDDPStrategy",
+    "SQNSingleDeviceStrategy",
     "StepStats",
     "StrongWolfe",
     "TrustRegionPolicy",
     "__version__",
+    "check_trainer",
 ]

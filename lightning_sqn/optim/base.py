@@ -18,6 +18,7 @@ from torch import Tensor
 
 from lightning_sqn._flat import FlatParams
 from lightning_sqn.distributed.communicator import Communicator, check_communicator
+from lightning_sqn.optim.running_stats import RunningStats, running_stat_buffers
 
 Closure = Callable[[], Any]
 
@@ -150,6 +151,18 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         self._started = False
         #: mean of the loss over ranks (set by ``strategy="ddp_sqn"``); ``None`` on a single process
         self.communicator: Communicator | None = None
+        self._running_stats: RunningStats | None = None
+
+    def track_running_stats(self, module: torch.nn.Module) -> None:
+        """Advance ``module``'s BatchNorm running statistics once per step, from the accepted point.
+
+        Without this, every closure evaluation (two per trust-region step, more in a line search) moves
+        them, partly from rejected points. The ``sqn`` and ``ddp_sqn`` strategies call this for the
+        LightningModule; in plain PyTorch call it once after building the optimizer. See
+        :mod:`lightning_sqn.optim.running_stats`.
+        """
+        buffers = running_stat_buffers(module)
+        self._running_stats = RunningStats(buffers) if buffers else None
 
     # ------------------------------------------------------------ groups
     def _check_groups(self, groups: list[dict[str, Any]] | None = None) -> None:
@@ -190,8 +203,12 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         """Run the closure once with fresh gradients; write g into ``out`` and return f (0-dim, on device)."""
         for p in self._flat.params:
             p.grad = None
+        if self._running_stats is not None:
+            self._running_stats.before_evaluation()
         with torch.enable_grad():
             loss = closure()
+        if self._running_stats is not None:
+            self._running_stats.after_evaluation()
         if loss is None:
             raise RuntimeError(
                 f"the closure given to {type(self).__name__}.step() returned None; it must return the loss "
@@ -225,7 +242,14 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
             raise RuntimeError(CLOSURE_REQUIRED.format(name=type(self).__name__))
         check_communicator(self, self.communicator)
         self._evals_this_step = 0
-        stats, offered = self._step(closure)
+        if self._running_stats is not None:
+            self._running_stats.begin_step()
+        try:
+            stats, offered = self._step(closure)
+        except BaseException:
+            if self._running_stats is not None:
+                self._running_stats.abort()
+            raise
         self.last_step = stats
         self.counters.record(stats, offered)
         self._started = True
@@ -233,6 +257,11 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
 
     def _step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _commit_running_stats(self, accepted: Tensor | bool, if_accepted: int, if_rejected: int = 0) -> None:
+        """Steppers call this once per step: which evaluation's statistics to keep (0-based indices)."""
+        if self._running_stats is not None:
+            self._running_stats.commit(accepted, if_accepted, if_rejected)
 
     # ------------------------------------------------------------ state
     def _extra_state(self) -> dict[str, Any]:  # pragma: no cover - abstract

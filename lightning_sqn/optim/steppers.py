@@ -110,6 +110,7 @@ class TrustRegionStepper:
         next_radius = policy.update_radius(radius, rho, res.step_norm)
         self.radius.copy_(next_radius)
         flat.set_params(torch.where(accepted, self.x_trial, x))
+        opt._commit_running_stats(accepted, if_accepted=1, if_rejected=0)
         eig_min, eig_max, negative = spectrum_stats(res.eigenvalues)
         stats = StepStats(
             loss=f0,
@@ -199,6 +200,7 @@ class LineSearchStepper:
         false = torch.zeros((), dtype=torch.bool, device=device)
         self.last_alpha = 0.0
         if not dnorm > 0.0:  # g = 0: stationary point, nothing to do
+            opt._commit_running_stats(False, if_accepted=0, if_rejected=0)
             return self._stats(f0, f0, false, 0.0, false, None, fallback), False
         if int(self.model.pairs()) == 0:
             alpha0 = self.lr * min(1.0, 1.0 / dnorm)
@@ -232,11 +234,14 @@ class LineSearchStepper:
             # No decrease along d: x stays, and the memory that produced d is forgotten, so the next
             # step restarts from the scaled steepest-descent direction (Nocedal & Wright Sec. 7.2).
             flat.set_params(x)
+            opt._commit_running_stats(False, if_accepted=0, if_rejected=0)
             self.model.reset()
             stats = self._stats(f0, torch.tensor(f_trial, device=device), false, 0.0, false, ls, fallback)
             return stats, False
         s = alpha * d
         flat.set_params(x + s)
+        # The last evaluation was at the chosen step length (re-evaluated above if needed).
+        opt._commit_running_stats(True, if_accepted=opt._evals_this_step - 1)
         y = self.g_trial - g
         stored, dropped = self.model.offer(s, y)
         self.prev_alpha = alpha
