@@ -222,15 +222,21 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
             loss = self.communicator.all_reduce_mean(loss)
         return loss
 
-    def _check_finite_start(self, f: Tensor, g: Tensor) -> None:
-        """Raise if f(x_k) or g(x_k) is not finite (one host sync per step)."""
-        if not bool(f.isfinite() & g.isfinite().all()):
+    def _check_finite_start(self, f: Tensor, g: Tensor) -> Tensor:
+        """Raise if f(x_k) or g(x_k) is not finite (one host sync per step); return g^T g.
+
+        g^T g is finite exactly when g is (an overflowing g is refused too), so one dot product serves
+        the check and the callers' ||g||.
+        """
+        gg = g @ g
+        if not bool(f.isfinite() & gg.isfinite()):
             what = "loss" if not bool(f.isfinite()) else "gradient"
             raise NonFiniteLossError(
                 f"{type(self).__name__}: the {what} at the current parameters is not finite, so no step can "
                 "be computed. Parameters and curvature memory are unchanged. Check the data, the model's "
                 "initialisation and the loss (e.g. log of zero)."
             )
+        return gg
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         """Perform one optimization step; returns f(x_k) (the loss before the step).

@@ -23,18 +23,46 @@ class LimitedMemoryModel:
     def __init__(self, matrix: LimitedMemoryMatrix, newton_iters: int = 30) -> None:
         self.matrix = matrix
         self.newton_iters = newton_iters
+        self._last_solve: tuple[Tensor, Tensor, Tensor] | None = None
 
-    def solve(self, g: Tensor, radius: Tensor) -> TrustRegionResult:
+    def solve(
+        self, g: Tensor, radius: Tensor, g_norm_sq: Tensor | None = None, out: Tensor | None = None
+    ) -> TrustRegionResult:
         if not isinstance(self.matrix, LSR1Matrix):
             raise TypeError("the trust-region subproblem is solved by OBS, which needs an LSR1Matrix")
-        return solve_obs(self.matrix, g, radius, newton_iters=self.newton_iters)
+        proj_g = self.matrix.memory.project(g)
+        res = solve_obs(
+            self.matrix,
+            g,
+            radius,
+            proj_g=proj_g,
+            g_norm_sq=g_norm_sq,
+            out=out,
+            newton_iters=self.newton_iters,
+        )
+        assert res.coefficients is not None
+        self._last_solve = (proj_g, *res.coefficients)
+        return res
+
+    def _step_products(self, y: Tensor) -> Tensor | None:
+        """[S Y]^T [s y] for the step of the last :meth:`solve`, with one pass over the buffer.
+
+        s = c_g g + [S Y] c, so [S Y]^T s = c_g [S Y]^T g + ([S Y]^T [S Y]) c comes from the stored
+        Gram matrices; only [S Y]^T y needs the buffer.
+        """
+        if self._last_solve is None:
+            return None
+        proj_g, coef_g, coef = self._last_solve
+        self._last_solve = None
+        mem = self.matrix.memory
+        return torch.stack((coef_g * proj_g + mem.gram() @ coef, mem.project(y)), dim=1)
 
     def direction(self, g: Tensor) -> Tensor:
         return -self.matrix.inv_mv(g)
 
     def offer(self, s: Tensor, y: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if isinstance(self.matrix, LSR1Matrix):
-            return self.matrix.update(s, y, residual=residual)
+            return self.matrix.update(s, y, residual=residual, products=self._step_products(y))
         stored = self.matrix.update(s, y)
         return stored, torch.zeros((), dtype=torch.long, device=stored.device)
 
@@ -46,6 +74,7 @@ class LimitedMemoryModel:
 
     def reset(self) -> None:
         self.matrix.reset()
+        self._last_solve = None
 
     def state_dict(self) -> dict:
         return self.matrix.state_dict()
@@ -62,7 +91,10 @@ class DenseModel:
         self.device = device
         self.dtype = dtype
 
-    def solve(self, g: Tensor, radius: Tensor) -> TrustRegionResult:
+    def solve(
+        self, g: Tensor, radius: Tensor, g_norm_sq: Tensor | None = None, out: Tensor | None = None
+    ) -> TrustRegionResult:
+        del g_norm_sq, out
         return solve_exact(self.matrix.to_dense(), g, radius)
 
     def direction(self, g: Tensor) -> Tensor:

@@ -27,7 +27,9 @@ from lightning_sqn.subproblem.result import TrustRegionResult
 class TrustRegionModel(Protocol):
     """Curvature model of a trust-region method."""
 
-    def solve(self, g: Tensor, radius: Tensor) -> TrustRegionResult: ...
+    def solve(self, g: Tensor, radius: Tensor, g_norm_sq: Tensor, out: Tensor) -> TrustRegionResult:
+        """Solve the subproblem; the step may be written into ``out``."""
+        ...
 
     def offer(self, s: Tensor, y: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
         """Offer (s, y) with residual = y - B s; return (stored, pairs dropped)."""
@@ -78,8 +80,10 @@ class TrustRegionStepper:
         self.model = model
         self.policy = policy
         flat = opt._flat
+        # Preallocated n-vectors: a fresh 4 MB temporary costs page faults comparable to the arithmetic.
         self.x, self.x_trial = flat.new_zeros(), flat.new_zeros()
         self.g, self.g_trial = flat.new_zeros(), flat.new_zeros()
+        self.s, self.y, self.r = flat.new_zeros(), flat.new_zeros(), flat.new_zeros()
         init = -1.0 if initial_radius is None else float(initial_radius)
         self.radius = torch.tensor(init, dtype=flat.dtype, device=flat.device)
 
@@ -87,14 +91,14 @@ class TrustRegionStepper:
         opt, flat, policy = self.opt, self.opt._flat, self.policy
         x = flat.gather_params(self.x)
         f0 = opt._evaluate(closure, self.g)
-        opt._check_finite_start(f0, self.g)
+        gg = opt._check_finite_start(f0, self.g)
         g = self.g
-        gnorm = torch.linalg.vector_norm(g)
+        gnorm = gg.sqrt()
         # Delta_0 = ||g_0|| on the first step (a positive fallback if g_0 = 0).
         radius = torch.where(
             self.radius > 0, self.radius, torch.where(gnorm > 0, gnorm, torch.ones_like(gnorm))
         )
-        res = self.model.solve(g, radius)
+        res = self.model.solve(g, radius, gg, out=self.s)
         s = res.step
         torch.add(x, s, out=self.x_trial)
         flat.set_params(self.x_trial)
@@ -103,13 +107,17 @@ class TrustRegionStepper:
         rho = policy.rho(ared, res.predicted_reduction)
         accepted = policy.accept(rho)
         # y_k = g(x_k + s_k) - g(x_k) on the same mini-batch, also for rejected steps (Alg. 1 line 12).
-        y = self.g_trial - g
+        y = torch.sub(self.g_trial, g, out=self.y)
         # y - B s = g(x + s) + sigma s, because (B + sigma I) s = -g at the subproblem solution.
-        residual = self.g_trial + res.sigma * s
+        residual = torch.mul(s, res.sigma, out=self.r).add_(self.g_trial)
         stored, dropped = self.model.offer(s, y, residual)
         next_radius = policy.update_radius(radius, rho, res.step_norm)
         self.radius.copy_(next_radius)
-        flat.set_params(torch.where(accepted, self.x_trial, x))
+        if flat.device.type == "cpu":  # reading a CPU tensor costs no device synchronisation
+            if not bool(accepted):
+                flat.set_params(x)  # the parameters hold x_k + s_k since the trial evaluation
+        else:
+            flat.set_params(torch.where(accepted, self.x_trial, x, out=self.x))
         opt._commit_running_stats(accepted, if_accepted=1, if_rejected=0)
         eig_min, eig_max, negative = spectrum_stats(res.eigenvalues)
         stats = StepStats(

@@ -110,16 +110,13 @@ class LBFGSMatrix(LimitedMemoryMatrix):
 
     def update(self, s: Tensor, y: Tensor) -> Tensor:
         """Store (s, y) if s^T y > eps ||s|| ||y|| and both are finite; return that decision (0-dim bool)."""
-        sy = s @ y
-        stored = (sy > self.curvature_eps * torch.linalg.vector_norm(s) * torch.linalg.vector_norm(y)) & (
-            sy.isfinite() & torch.isfinite(s).all() & torch.isfinite(y).all()
-        )
-        s = torch.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)
-        y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
-        self.memory.push(s, y, stored)
+        ss, sy, yy = s @ s, s @ y, y @ y
+        # s^T s and y^T y are finite exactly when s and y are (barring overflow, also refused).
+        stored = (sy > self.curvature_eps * (ss * yy).clamp_min(0).sqrt()) & (ss + yy + sy).isfinite()
+        self.memory.push(s, y, stored, dots=(ss, sy, yy))  # masked writes never read a refused pair
         if isinstance(self.gamma_choice, str):
-            new = (y @ y) / sy.clamp_min(torch.finfo(sy.dtype).tiny)
-            self.gamma.copy_(torch.where(stored & new.isfinite(), new, self.gamma))
+            new = yy / sy.clamp_min(torch.finfo(sy.dtype).tiny)
+            self.gamma.copy_(torch.where(stored & new.isfinite() & (new > 0), new, self.gamma))
         return stored
 
 

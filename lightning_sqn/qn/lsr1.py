@@ -179,13 +179,16 @@ class LSR1Matrix(LimitedMemoryMatrix):
         return self._apply(v, False)
 
     # ------------------------------------------------------------- updates
-    def update(self, s: Tensor, y: Tensor, *, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def update(
+        self, s: Tensor, y: Tensor, *, residual: Tensor | None = None, products: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Offer the pair (s, y); store it if it passes the SR1 skip rule, then repair the rank.
 
         Args:
             s, y: the pair, shape (n,).
             residual: y - B s (B form) or s - H y (H form) if the caller knows it (e.g. from the
                 trust-region optimality condition B s = -g - sigma s); computed with one pass otherwise.
+            products: [S Y]^T [s y] (2m, 2) if the caller knows it (saves two passes over the buffer).
 
         Returns:
             (stored, dropped): 0-dim bool, whether the pair was stored; 0-dim int64, how many older
@@ -193,7 +196,7 @@ class LSR1Matrix(LimitedMemoryMatrix):
         """
         primal = self.form == "B"
         mem = self.memory
-        P = mem.pair_products(s, y)
+        P = mem.pair_products(s, y) if products is None else products
         f = self.factors(primal)
         u = s if primal else y  # the test is |u^T r| >= skip_tol ||u|| ||r||
         if residual is None:
@@ -201,17 +204,17 @@ class LSR1Matrix(LimitedMemoryMatrix):
             v = y if primal else s
             psi_u = f.psi_t(P[:, 0] if primal else P[:, 1])
             residual = mem.combine(f.coeffs(-(f.middle @ psi_u)), v=v - f.b0 * u)
+        ss, sy, yy = s @ s, s @ y, y @ y
         num = (u @ residual).abs()
-        unorm, rnorm = torch.linalg.vector_norm(u), torch.linalg.vector_norm(residual)
+        unorm = (ss if primal else yy).clamp_min(0).sqrt()
+        rnorm = torch.linalg.vector_norm(residual)
         stored = (num > 0) & (num >= self.skip_tol * unorm * rnorm) & num.isfinite() & rnorm.isfinite()
-        stored &= torch.isfinite(y).all() & torch.isfinite(s).all()
-        # Non-finite pairs must not poison the buffer even where the masked write ignores them.
-        s = torch.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)
-        y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
-        P = torch.nan_to_num(P, nan=0.0, posinf=0.0, neginf=0.0)
-        mem.push(s, y, stored, products=P)
+        # s^T s and y^T y are finite exactly when s and y are (barring overflow, also refused).
+        stored &= (ss + yy).isfinite()
+        # The masked writes select, never compute with, a refused pair, so it cannot poison the buffer.
+        mem.push(s, y, stored, products=P, dots=(ss, sy, yy))
         after_push = mem.count()
-        self._update_gamma(stored, s @ y, y @ y)
+        self._update_gamma(stored, sy, yy)
         self._repair(primal)
         self._factors.clear()
         return stored, after_push - mem.count()

@@ -109,16 +109,32 @@ class PairMemory:
 
     # ---------------------------------------------------------------- updates
     def pair_products(self, s: Tensor, y: Tensor) -> Tensor:
-        """[S Y]^T [s y]: (2m, 2) inner products of a candidate pair with the stored pairs."""
-        return self.SY_buf @ torch.stack((s, y), dim=1)
+        """[S Y]^T [s y]: (2m, 2) inner products of a candidate pair with the stored pairs.
 
-    def push(self, s: Tensor, y: Tensor, store: Tensor, products: Tensor | None = None) -> Tensor:
+        Two matrix-vector products: a (2m, n) @ (n, 2) product with the column-major right-hand side
+        that stacking would create is about twice as slow on CPU BLAS.
+        """
+        return torch.stack((self.SY_buf @ s, self.SY_buf @ y), dim=1)
+
+    def gram(self) -> Tensor:
+        """[S Y]^T [S Y] as a (2m, 2m) matrix, from the stored Gram blocks (no pass over the buffer)."""
+        return torch.cat((torch.cat((self.SS, self.SY), 1), torch.cat((self.SY.t(), self.YY), 1)), 0)
+
+    def push(
+        self,
+        s: Tensor,
+        y: Tensor,
+        store: Tensor,
+        products: Tensor | None = None,
+        dots: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """Store the pair (s, y) where ``store`` (0-dim bool tensor) is True; otherwise change nothing.
 
         Args:
             s, y: the candidate pair, shape (n,).
             store: whether to store it (decided on the device by the caller's skip rule).
             products: ``pair_products(s, y)`` if the caller already computed it.
+            dots: (s^T s, s^T y, y^T y) if the caller already computed them.
 
         Returns:
             The slot index written (0-dim int64), meaningful only where ``store`` is True.
@@ -130,14 +146,21 @@ class PairMemory:
         onehot = torch.nn.functional.one_hot(slot, m).to(torch.bool) & store
         # Row/column `slot` of the Gram matrices: products with the new pair, its own inner products on
         # the diagonal. Entries of other rows/columns are left as they are.
-        ss, sy, yy = s @ s, s @ y, y @ y
+        ss, sy, yy = (s @ s, s @ y, y @ y) if dots is None else dots
         Ss, Sy, Ys, Yy = P[:m, 0], P[:m, 1], P[m:, 0], P[m:, 1]
         self._set_row_col(self.SS, onehot, Ss, Ss, ss)
         self._set_row_col(self.SY, onehot, Ys, Sy, sy)  # SY[slot, j] = s^T y_j, SY[i, slot] = s_i^T y
         self._set_row_col(self.YY, onehot, Yy, Yy, yy)
-        idx = torch.stack((slot, slot + m))
-        new_rows = torch.where(store, torch.stack((s, y)), self.SY_buf.index_select(0, idx))
-        self.SY_buf.index_copy_(0, idx, new_rows)
+        if self.SY_buf.device.type == "cpu":
+            # Reading a CPU tensor costs no device synchronisation: write the rows only when stored.
+            if bool(store):
+                j = int(slot)
+                self.SY_buf[j].copy_(s)
+                self.SY_buf[j + m].copy_(y)
+        else:
+            idx = slot.view(1)
+            for rows, v in ((self.S, s), (self.Y, y)):
+                rows.index_copy_(0, idx, torch.where(store, v, rows.index_select(0, idx)[0]).view(1, -1))
         self.serial.copy_(torch.where(onehot, self.next_serial, self.serial))
         self.active |= onehot
         self.next_serial += store.long()

@@ -231,6 +231,7 @@ def solve_obs(
     proj_g: Tensor | None = None,
     out: Tensor | None = None,
     newton_iters: int = 30,
+    g_norm_sq: Tensor | None = None,
 ) -> TrustRegionResult:
     """Solve min g^T p + 1/2 p^T B p, ||p|| <= radius for the L-SR1 matrix B exactly (OBS).
 
@@ -239,6 +240,7 @@ def solve_obs(
         g: gradient, shape (n,).
         radius: Delta > 0.
         proj_g: [S Y]^T g if already computed (saves a pass).
+        g_norm_sq: g^T g if already computed.
         out: optional (n,) buffer for the step.
         newton_iters: see :func:`solve_obs_small`.
     """
@@ -248,13 +250,14 @@ def solve_obs(
     sol = solve_obs_small(
         f,
         f.psi_t(proj),
-        g @ g,
+        g @ g if g_norm_sq is None else g_norm_sq,
         torch.as_tensor(radius, dtype=g.dtype, device=g.device),
         mem.n,
         rank_tol=matrix.rank_tol,
         newton_iters=newton_iters,
     )
-    step = mem.combine(sol.coef, v=sol.coef_g * g, out=out)
+    step = torch.mul(g, sol.coef_g, out=out) if out is not None else g * sol.coef_g
+    step.addmv_(mem.SY_buf.t(), sol.coef)  # p = c_g g + [S Y] c, one pass over the pair buffer
     return TrustRegionResult(
         step=step,
         sigma=sol.sigma,
@@ -263,4 +266,5 @@ def solve_obs(
         status=sol.status,
         eigenvalues=sol.eigenvalues,
         step_norm=sol.step_norm,
+        coefficients=(sol.coef_g, sol.coef),
     )

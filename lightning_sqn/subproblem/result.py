@@ -46,3 +46,5 @@ class TrustRegionResult:
     status: Tensor
     eigenvalues: Tensor
     step_norm: Tensor
+    #: (c_g, c) with step = c_g g + [S Y] c, for solvers working on a pair memory (else None)
+    coefficients: tuple[Tensor, Tensor] | None = None
