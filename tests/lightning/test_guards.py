@@ -18,6 +18,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.plugins.precision import DeepSpeedPrecision, MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from lit_models import MakeOptimizer, regression_data
+from lit_models import Regression as _Regression
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -26,41 +28,15 @@ from lightning_sqn.lightning import GuardCallback, SQNDDPStrategy, SQNSingleDevi
 from lightning_sqn.lightning import strategy as strategy_module
 
 NUM_SAMPLES, BATCH_SIZE = 128, 64
-MakeOptimizer = Callable[..., torch.optim.Optimizer]
 
 
 def _data() -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(NUM_SAMPLES, 4, generator=g)
-    y = torch.sin(X[:, :1]) + 0.5 * X[:, 1:2] * X[:, 2:3] - 0.3 * X[:, 3:4]
-    return X, y
+    return regression_data(NUM_SAMPLES)
 
 
-class Regression(lightning.LightningModule):
-    """A 4-16-1 tanh MLP with mean squared error; counts its ``training_step`` calls."""
-
+class Regression(_Regression):
     def __init__(self, make_optimizer: MakeOptimizer) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
-        self.make_optimizer = make_optimizer
-        self.training_step_calls = 0
-        self.output_dtypes: set[torch.dtype] = set()
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        self.training_step_calls += 1
-        X, y = batch
-        out = self.net(X)
-        self.output_dtypes.add(out.dtype)
-        return nn.functional.mse_loss(out, y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.make_optimizer(self.parameters())
-
-    def full_loss(self) -> float:
-        X, y = _data()
-        with torch.no_grad():
-            return float(nn.functional.mse_loss(self.net(X), y))
+        super().__init__(make_optimizer, NUM_SAMPLES)
 
 
 class ManualRegression(Regression):

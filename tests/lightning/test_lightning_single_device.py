@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 import lightning
 import torch
-from torch import Tensor, nn
+from lit_models import MakeOptimizer, regression_data
+from lit_models import Regression as _Regression
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sqn
@@ -24,34 +26,12 @@ STEPS = EPOCHS * NUM_SAMPLES // BATCH_SIZE
 # - forcing accelerator="cpu" on a machine with a GPU;
 # - Lightning 2.6's CombinedLoader builds torch.utils._pytree.LeafSpec, deprecated in recent torch.
 def _data() -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(NUM_SAMPLES, 4, generator=g)
-    y = torch.sin(X[:, :1]) + 0.5 * X[:, 1:2] * X[:, 2:3] - 0.3 * X[:, 3:4]
-    return X, y
+    return regression_data(NUM_SAMPLES)
 
 
-class Regression(lightning.LightningModule):
-    """A 4-16-1 tanh MLP with mean squared error; counts its ``training_step`` calls."""
-
-    def __init__(self, make_optimizer: Callable[..., torch.optim.Optimizer]) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
-        self.make_optimizer = make_optimizer
-        self.training_step_calls = 0
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        self.training_step_calls += 1
-        X, y = batch
-        return nn.functional.mse_loss(self.net(X), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.make_optimizer(self.parameters())
-
-    def full_loss(self) -> float:
-        X, y = _data()
-        with torch.no_grad():
-            return float(nn.functional.mse_loss(self.net(X), y))
+class Regression(_Regression):
+    def __init__(self, make_optimizer: MakeOptimizer) -> None:
+        super().__init__(make_optimizer, NUM_SAMPLES)
 
 
 def _fit(make_optimizer: Callable[..., torch.optim.Optimizer]) -> tuple[Regression, lightning.Trainer]:
