@@ -22,9 +22,6 @@ NUM_SAMPLES, BATCH_SIZE, EPOCHS = 256, 128, 10
 STEPS = EPOCHS * NUM_SAMPLES // BATCH_SIZE
 
 
-# Warnings Lightning emits that these tests cannot avoid; nothing else may warn:
-# - forcing accelerator="cpu" on a machine with a GPU;
-# - Lightning 2.6's CombinedLoader builds torch.utils._pytree.LeafSpec, deprecated in recent torch.
 def _data() -> tuple[Tensor, Tensor]:
     return regression_data(NUM_SAMPLES)
 
