@@ -63,6 +63,9 @@ class StepStats:
     eig_min: Tensor | None = None  #: smallest known eigenvalue of B_k
     eig_max: Tensor | None = None  #: largest known eigenvalue of B_k
     num_negative_eigs: Tensor | None = None  #: count of negative eigenvalues of B_k (with multiplicity)
+    #: the eigenvalues of B_k the subproblem solver knows, ascending (for L-SR1: the m parallel ones,
+    #: padded, and gamma); a vector, so :meth:`as_dict` leaves it out
+    eigenvalues: Tensor | None = None
     pairs_dropped: Tensor | None = None  #: pairs removed by rank repair
     gamma: Tensor | None = None  #: B_0 = gamma I after the step
     step_length: float | None = None  #: line-search alpha
@@ -74,7 +77,7 @@ class StepStats:
         out: dict[str, float | int | bool | str] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if v is None:
+            if v is None or (isinstance(v, Tensor) and v.ndim > 0):
                 continue
             if isinstance(v, Tensor):
                 v = v.item()

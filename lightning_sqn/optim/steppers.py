@@ -138,6 +138,7 @@ class TrustRegionStepper:
             eig_min=eig_min,
             eig_max=eig_max,
             num_negative_eigs=negative,
+            eigenvalues=res.eigenvalues,
             pairs_dropped=dropped,
             gamma=self.model.gamma(),
         )
