@@ -44,26 +44,35 @@ class LimitedMemoryModel:
         self._last_solve = (proj_g, *res.coefficients)
         return res
 
-    def _step_products(self, y: Tensor) -> Tensor | None:
-        """[S Y]^T [s y] for the step of the last :meth:`solve`, with one pass over the buffer.
+    def _step_products(self, y: Tensor, scale: float | Tensor | None) -> Tensor | None:
+        """[S Y]^T [s y] for s = scale * v, v the step or direction of the last solve/direction call.
 
-        s = c_g g + [S Y] c, so [S Y]^T s = c_g [S Y]^T g + ([S Y]^T [S Y]) c comes from the stored
-        Gram matrices; only [S Y]^T y needs the buffer.
+        v = c_g g + [S Y] c, so [S Y]^T s = scale (c_g [S Y]^T g + ([S Y]^T [S Y]) c) comes from the
+        stored Gram matrices; only [S Y]^T y needs a pass over the buffer. ``scale=None``: s is not
+        such a multiple (e.g. a steepest-descent fallback), so the products are computed directly.
         """
-        if self._last_solve is None:
+        last, self._last_solve = self._last_solve, None
+        if last is None or scale is None:
             return None
-        proj_g, coef_g, coef = self._last_solve
-        self._last_solve = None
+        proj_g, coef_g, coef = last
         mem = self.matrix.memory
-        return torch.stack((coef_g * proj_g + mem.gram() @ coef, mem.project(y)), dim=1)
+        return torch.stack((scale * (coef_g * proj_g + mem.gram() @ coef), mem.project(y)), dim=1)
 
     def direction(self, g: Tensor) -> Tensor:
-        return -self.matrix.inv_mv(g)
+        """d = -H g = -(b0 g + [S Y] c)."""
+        proj_g, b0, c = self.matrix.inv_mv_coefficients(g)
+        self._last_solve = (proj_g, -b0, -c)
+        return self.matrix.memory.combine(-c, v=-b0 * g)
 
-    def offer(self, s: Tensor, y: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def offer(
+        self, s: Tensor, y: Tensor, residual: Tensor | None = None, scale: float | Tensor | None = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        """Offer the pair; ``scale``: s = scale x (the last step or direction), or None if it is not."""
+        products = self._step_products(y, scale)
         if isinstance(self.matrix, LSR1Matrix):
-            return self.matrix.update(s, y, residual=residual, products=self._step_products(y))
-        stored = self.matrix.update(s, y)
+            return self.matrix.update(s, y, residual=residual, products=products)
+        assert isinstance(self.matrix, LBFGSMatrix)
+        stored = self.matrix.update(s, y, products=products)
         return stored, torch.zeros((), dtype=torch.long, device=stored.device)
 
     def pairs(self) -> Tensor:
@@ -100,8 +109,10 @@ class DenseModel:
     def direction(self, g: Tensor) -> Tensor:
         return -self.matrix.inv_mv(g)
 
-    def offer(self, s: Tensor, y: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        del residual  # the dense update forms y - B s itself
+    def offer(
+        self, s: Tensor, y: Tensor, residual: Tensor | None = None, scale: float | Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        del residual, scale  # the dense update forms y - B s itself
         stored = self.matrix.update(s, y)
         return stored, torch.zeros((), dtype=torch.long, device=self.device)
 

@@ -47,7 +47,11 @@ class LineSearchModel(Protocol):
         """d = -H g."""
         ...
 
-    def offer(self, s: Tensor, y: Tensor) -> tuple[Tensor, Tensor]: ...
+    def offer(
+        self, s: Tensor, y: Tensor, residual: None = None, scale: float | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Offer (s, y); ``scale``: s = scale x the last direction (lets the model skip a pass), or None."""
+        ...
 
     def pairs(self) -> Tensor: ...
 
@@ -252,7 +256,7 @@ class LineSearchStepper:
         # The last evaluation was at the chosen step length (re-evaluated above if needed).
         opt._commit_running_stats(True, if_accepted=opt._evals_this_step - 1)
         y = self.g_trial - g
-        stored, dropped = self.model.offer(s, y)
+        stored, dropped = self.model.offer(s, y, scale=None if fallback else alpha)
         self.prev_alpha = alpha
         true = torch.ones((), dtype=torch.bool, device=device)
         stats = self._stats(

@@ -43,7 +43,17 @@ class LimitedMemoryMatrix:
     def mv(self, v: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def inv_mv(self, v: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def inv_mv(self, v: Tensor) -> Tensor:
+        """H v for v of shape (n,) or (n, k)."""
+        proj, b0, c = self.inv_mv_coefficients(v)
+        return self.memory.combine(c, v=b0 * v)
+
+    def inv_mv_coefficients(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # pragma: no cover - abstract
+        """(proj, b0, c) with proj = [S Y]^T v and H v = b0 v + [S Y] c (one pass over the buffer).
+
+        Callers that form H v themselves can then get [S Y]^T (H v) = b0 proj + ([S Y]^T [S Y]) c from
+        the Gram matrices instead of another pass.
+        """
         raise NotImplementedError
 
     def _invalidate(self) -> None:

@@ -74,8 +74,8 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         D = torch.diag_embed(torch.diagonal(SY))
         return mask, SY, later, D, Rinv
 
-    def inv_mv(self, v: Tensor) -> Tensor:
-        """H v (Thm. 2.2) for v of shape (n,) or (n, k)."""
+    def inv_mv_coefficients(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """H v = delta v + [S Y] c (Thm. 2.2); returns ([S Y]^T v, delta, c). v: (n,) or (n, k)."""
         mem = self.memory
         mask, _, _, D, W = self._blocks()
         m_ = mask if v.ndim == 1 else mask[:, None]
@@ -89,7 +89,7 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         z1 = T @ a - W.t() @ b
         z2 = -(W @ a)
         c = torch.cat((z1 * m_, delta * z2 * m_))
-        return mem.combine(c, v=delta * v)
+        return p, delta, c
 
     def mv(self, v: Tensor) -> Tensor:
         """B v (Thm. 2.3) for v of shape (n,) or (n, k)."""
@@ -108,12 +108,17 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         c = torch.cat((-gamma * z[: self.m] * m_, -z[self.m :] * m_))
         return mem.combine(c, v=gamma * v)
 
-    def update(self, s: Tensor, y: Tensor) -> Tensor:
-        """Store (s, y) if s^T y > eps ||s|| ||y|| and both are finite; return that decision (0-dim bool)."""
+    def update(self, s: Tensor, y: Tensor, *, products: Tensor | None = None) -> Tensor:
+        """Store (s, y) if s^T y > eps ||s|| ||y|| and both are finite; return that decision (0-dim bool).
+
+        ``products``: [S Y]^T [s y] (2m, 2) if the caller knows it (saves two passes over the buffer).
+        """
         ss, sy, yy = s @ s, s @ y, y @ y
         # s^T s and y^T y are finite exactly when s and y are (barring overflow, also refused).
         stored = (sy > self.curvature_eps * (ss * yy).clamp_min(0).sqrt()) & (ss + yy + sy).isfinite()
-        self.memory.push(s, y, stored, dots=(ss, sy, yy))  # masked writes never read a refused pair
+        self.memory.push(
+            s, y, stored, products=products, dots=(ss, sy, yy)
+        )  # masked writes never read a refused pair
         if isinstance(self.gamma_choice, str):
             new = yy / sy.clamp_min(torch.finfo(sy.dtype).tiny)
             self.gamma.copy_(torch.where(stored & new.isfinite() & (new > 0), new, self.gamma))

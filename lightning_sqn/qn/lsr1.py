@@ -165,10 +165,17 @@ class LSR1Matrix(LimitedMemoryMatrix):
         return self._factors[primal]
 
     # ------------------------------------------------------------ products
-    def _apply(self, v: Tensor, primal: bool) -> Tensor:
+    def _coefficients(self, v: Tensor, primal: bool) -> tuple[Tensor, Tensor, Tensor]:
         f = self.factors(primal)
-        z = f.middle @ f.psi_t(self.memory.project(v))
-        return self.memory.combine(f.coeffs(z), v=f.b0 * v)
+        proj = self.memory.project(v)
+        return proj, f.b0, f.coeffs(f.middle @ f.psi_t(proj))
+
+    def _apply(self, v: Tensor, primal: bool) -> Tensor:
+        _, b0, c = self._coefficients(v, primal)
+        return self.memory.combine(c, v=b0 * v)
+
+    def inv_mv_coefficients(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self._coefficients(v, False)
 
     def mv(self, v: Tensor) -> Tensor:
         """B v for v of shape (n,) or (n, k)."""
