@@ -7,6 +7,7 @@ Optimizers (all closure-driven ``torch.optim.Optimizer`` subclasses over one fla
 * :class:`BFGS`, :class:`SR1`: dense variants for tiny models.
 """
 
+from lightning_sqn.callbacks import BatchSizeScheduler, SkippedUpdateCounter, TrustRegionMonitor
 from lightning_sqn.globalization import ArmijoBacktracking, StrongWolfe, TrustRegionPolicy
 from lightning_sqn.lightning import GuardCallback, SQNDDPStrategy, SQNSingleDeviceStrategy, check_trainer
 from lightning_sqn.optim import BFGS, LBFGS, LSR1, SR1, NonFiniteLossError, StepStats
@@ -19,12 +20,15 @@ __all__ = [
     "LSR1",
     "SR1",
     "ArmijoBacktracking",
+    "BatchSizeScheduler",
     "GuardCallback",
     "NonFiniteLossError",
     "SQNDDPStrategy",
     "SQNSingleDeviceStrategy",
+    "SkippedUpdateCounter",
     "StepStats",
     "StrongWolfe",
+    "TrustRegionMonitor",
     "TrustRegionPolicy",
     "__version__",
     "check_trainer",

@@ -45,7 +45,7 @@ class LimitedMemoryMatrix:
 
     def inv_mv(self, v: Tensor) -> Tensor:
         """H v for v of shape (n,) or (n, k)."""
-        proj, b0, c = self.inv_mv_coefficients(v)
+        _, b0, c = self.inv_mv_coefficients(v)
         return self.memory.combine(c, v=b0 * v)
 
     def inv_mv_coefficients(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # pragma: no cover - abstract

@@ -1,0 +1,6 @@
+"""``lightning_sqn.callbacks``: the Lightning callbacks (defined in ``lightning_sqn.lightning.callbacks``)."""
+
+from lightning_sqn.lightning.callbacks import BatchSizeScheduler, SkippedUpdateCounter, TrustRegionMonitor
+from lightning_sqn.lightning.guards import GuardCallback
+
+__all__ = ["BatchSizeScheduler", "GuardCallback", "SkippedUpdateCounter", "TrustRegionMonitor"]
