@@ -86,6 +86,54 @@ def run(optimizer: str, skewed: bool, rank: int, world: int, strategy: str = "dd
     return {"rows": model.log_rows, "params": params, "steps": trainer.global_step}
 
 
+class ScheduledRegression(Regression):
+    """Batch size set by BatchSizeScheduler (``batch_size`` is per rank), norm-test loss provided."""
+
+    def __init__(self, shard: int, world: int) -> None:
+        super().__init__("lsr1_tr", shard, world, skewed=False)
+        self.batch_size = 8
+        self.seen_batch_sizes: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen_batch_sizes.append(len(batch[0]))
+        return super().training_step(batch, batch_idx)
+
+    def sqn_loss(self, batch):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def train_dataloader(self):
+        X, y = dataset(False)
+        X, y = X[self.shard :: self.world], y[self.shard :: self.world]
+        return DataLoader(TensorDataset(X, y), batch_size=self.batch_size, shuffle=False)
+
+
+def run_callbacks(rank: int, world: int) -> dict:
+    """All callbacks together under the strategy: no hang, global batch split across ranks."""
+    model = ScheduledRegression(rank, world)
+    callbacks = [
+        lightning_sqn.TrustRegionMonitor(),
+        lightning_sqn.SkippedUpdateCounter(),
+        lightning_sqn.BatchSizeScheduler({0: 16, 1: 32, 2: 80}, max_batch_size=80),
+    ]
+    kwargs = dict(strategy="ddp_sqn", devices=world) if world > 1 else dict(devices=1, strategy="sqn")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        reload_dataloaders_every_n_epochs=1,
+        callbacks=callbacks,
+        **kwargs,
+    )
+    trainer.fit(model)
+    params = torch.cat([p.detach().reshape(-1) for p in model.net.parameters()])
+    return {"batch_sizes": model.seen_batch_sizes, "rows": model.log_rows, "params": params}
+
+
 def main() -> None:
     out = sys.argv[1]
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -95,6 +143,7 @@ def main() -> None:
     for optimizer in ("lsr1_tr", "lsr1_ls", "lbfgs"):
         results[optimizer] = run(optimizer, False, rank, world)
     results["lsr1_tr_skewed"] = run("lsr1_tr", True, rank, world)
+    results["callbacks"] = run_callbacks(rank, world)
     if world > 1:  # Lightning's plain DDP must refuse our optimizers (their decisions would diverge)
         try:
             run("lsr1_tr", True, rank, world, strategy="ddp")

@@ -103,3 +103,22 @@ def test_plain_ddp_refuses_our_optimizers(runs) -> None:
         name, message = rank["plain_ddp_error"]
         assert name == "MisconfigurationException"
         assert "ddp_sqn" in message and "diverge" in message
+
+
+def test_callbacks_under_ddp_sqn_split_the_global_batch(runs) -> None:
+    """TrustRegionMonitor, SkippedUpdateCounter and BatchSizeScheduler (global sizes 16, 32, 80) under
+    ddp_sqn: each rank's loader yields global // 2 per batch, and the run equals the single process."""
+    single, ranks = runs
+    ref = single["callbacks"]
+    n_per_rank = 80  # N // world
+    # every batch appears twice: two training_step calls (closure evaluations) per trust-region step
+    expected_rank = (
+        [8] * (2 * n_per_rank // 8) + [16] * (2 * n_per_rank // 16) + [40] * (2 * n_per_rank // 40)
+    )
+    for rank in ranks:
+        got = rank["callbacks"]
+        assert got["batch_sizes"] == expected_rank
+        assert [r["accepted"] for r in got["rows"]] == [r["accepted"] for r in ref["rows"]]
+        rel = (got["params"] - ref["params"]).norm() / ref["params"].norm()
+        assert rel <= 1e-6, float(rel)
+    assert ref["batch_sizes"] == [2 * b for b in expected_rank]
