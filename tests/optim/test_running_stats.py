@@ -98,3 +98,31 @@ def test_non_finite_start_restores_the_statistics() -> None:
         opt.step(closure)
     for k, v in start.items():
         assert torch.equal(model[1].state_dict()[k], v)
+
+
+def test_sync_batchnorm_modules_are_tracked_too() -> None:
+    """``sync_batchnorm=True`` converts BatchNorm to SyncBatchNorm; its buffers follow the same rule.
+
+    Outside an initialised process group SyncBatchNorm computes like BatchNorm, so this runs on the CPU;
+    the cross-rank statistics themselves are torch's (CUDA-only) and are not exercised here.
+    """
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(_model())
+    assert isinstance(model[1], nn.SyncBatchNorm)
+    X, y = _data()
+    opt = lightning_sqn.LSR1(model.parameters())
+    opt.track_running_stats(model)
+
+    def closure():
+        loss = nn.functional.mse_loss(model(X), y)
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        before = copy.deepcopy(model)
+        bn_start = copy.deepcopy(model[1].state_dict())
+        opt.step(closure)
+        at = model if bool(opt.last_step.accepted) else before
+        expected = _expected_stats(at, bn_start, X)
+        for k, v in expected.items():
+            torch.testing.assert_close(model[1].state_dict()[k], v, rtol=1e-12, atol=1e-14)
+    assert int(model[1].num_batches_tracked) == 5
