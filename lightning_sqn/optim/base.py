@@ -142,9 +142,6 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         defaults: the optimizer's options.
     """
 
-    #: options that may legitimately differ between groups (none: one curvature model serves all)
-    _group_neutral: tuple[str, ...] = ()
-
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
         self._check_groups()
@@ -174,7 +171,7 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         first = groups[0]
         for i, group in enumerate(groups):
             for key, value in group.items():
-                if key == "params" or key in self._group_neutral:
+                if key == "params":
                     continue
                 if key in self.defaults and not _same(value, self.defaults[key]):
                     # The options are read from the constructor, never from the groups: a group value

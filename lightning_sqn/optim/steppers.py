@@ -13,6 +13,7 @@ A curvature model is anything implementing :class:`TrustRegionModel` or :class:`
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import torch
@@ -233,8 +234,7 @@ class LineSearchStepper:
         if self.line_search is None:
             f_trial, _ = phi(alpha0)
             alpha, ls = alpha0, None
-            ok = f_trial == f_trial  # accept any finite step: a fixed-step method has no test
-            ok = ok and abs(f_trial) != float("inf")
+            ok = math.isfinite(f_trial)  # a fixed-step method has no test: any finite trial is taken
         else:
             ls = self.line_search.search(phi, float(f0), dphi0, alpha0)
             alpha = ls.step_length
@@ -251,9 +251,9 @@ class LineSearchStepper:
             self.model.reset()
             stats = self._stats(f0, torch.tensor(f_trial, device=device), false, 0.0, false, ls, fallback)
             return stats, False
+        # The parameters hold x + alpha d: the last evaluation was at the chosen step length
+        # (re-evaluated above if needed), which is also where g_trial was taken.
         s = alpha * d
-        flat.set_params(x + s)
-        # The last evaluation was at the chosen step length (re-evaluated above if needed).
         opt._commit_running_stats(True, if_accepted=opt._evals_this_step - 1)
         y = self.g_trial - g
         stored, dropped = self.model.offer(s, y, scale=None if fallback else alpha)
