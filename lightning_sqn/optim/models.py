@@ -132,4 +132,4 @@ class DenseModel:
         self.matrix.load_state_dict(state)
 
 
-__all__ = ["DenseModel", "LBFGSMatrix", "LimitedMemoryModel"]
+__all__ = ["DenseModel", "LimitedMemoryModel"]
