@@ -170,20 +170,13 @@ class LSR1Matrix(LimitedMemoryMatrix):
         proj = self.memory.project(v)
         return proj, f.b0, f.coeffs(f.middle @ f.psi_t(proj))
 
-    def _apply(self, v: Tensor, primal: bool) -> Tensor:
-        _, b0, c = self._coefficients(v, primal)
-        return self.memory.combine(c, v=b0 * v)
-
     def inv_mv_coefficients(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self._coefficients(v, False)
 
     def mv(self, v: Tensor) -> Tensor:
-        """B v for v of shape (n,) or (n, k)."""
-        return self._apply(v, True)
-
-    def inv_mv(self, v: Tensor) -> Tensor:
-        """H v (= B^{-1} v when B is nonsingular) for v of shape (n,) or (n, k)."""
-        return self._apply(v, False)
+        """B v for v of shape (n,) or (n, k). (H v, = B^{-1} v when B is nonsingular: ``inv_mv``.)"""
+        _, b0, c = self._coefficients(v, True)
+        return self.memory.combine(c, v=b0 * v)
 
     # ------------------------------------------------------------- updates
     def update(
