@@ -116,9 +116,8 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         ss, sy, yy = s @ s, s @ y, y @ y
         # s^T s and y^T y are finite exactly when s and y are (barring overflow, also refused).
         stored = (sy > self.curvature_eps * (ss * yy).clamp_min(0).sqrt()) & (ss + yy + sy).isfinite()
-        self.memory.push(
-            s, y, stored, products=products, dots=(ss, sy, yy)
-        )  # masked writes never read a refused pair
+        # The masked writes select, never compute with, a refused pair, so it cannot poison the buffer.
+        self.memory.push(s, y, stored, products=products, dots=(ss, sy, yy))
         if isinstance(self.gamma_choice, str):
             new = yy / sy.clamp_min(torch.finfo(sy.dtype).tiny)
             self.gamma.copy_(torch.where(stored & new.isfinite() & (new > 0), new, self.gamma))
