@@ -10,7 +10,16 @@ Optimizers (all closure-driven ``torch.optim.Optimizer`` subclasses over one fla
 from lightning_sqn.callbacks import BatchSizeScheduler, SkippedUpdateCounter, TrustRegionMonitor
 from lightning_sqn.globalization import ArmijoBacktracking, StrongWolfe, TrustRegionPolicy
 from lightning_sqn.lightning import GuardCallback, SQNDDPStrategy, SQNSingleDeviceStrategy, check_trainer
-from lightning_sqn.optim import BFGS, LBFGS, LSR1, SR1, NonFiniteLossError, StepStats
+from lightning_sqn.optim import (
+    BFGS,
+    LBFGS,
+    LSR1,
+    SR1,
+    NonFiniteLossError,
+    SampledLBFGS,
+    SampledLSR1,
+    StepStats,
+)
 
 __version__ = "0.1.0"
 
@@ -25,6 +34,8 @@ __all__ = [
     "NonFiniteLossError",
     "SQNDDPStrategy",
     "SQNSingleDeviceStrategy",
+    "SampledLBFGS",
+    "SampledLSR1",
     "SkippedUpdateCounter",
     "StepStats",
     "StrongWolfe",

@@ -80,15 +80,33 @@ class FlatParams:
 
     def gather_grads(self, out: Tensor | None = None) -> Tensor:
         """g: the gradients as one flat vector; a parameter whose ``.grad`` is None counts as zero."""
+        return self.flatten([p.grad for p in self.params], out)
+
+    def flatten(self, tensors: Sequence[Tensor | None], out: Tensor | None = None) -> Tensor:
+        """One flat vector from per-parameter tensors (e.g. ``torch.autograd.grad`` output); None -> 0."""
         out = self.new_zeros() if out is None else out
-        views = self.views(out)
-        have = [(v, p.grad) for v, p in zip(views, self.params, strict=True) if p.grad is not None]
-        if len(have) < len(views):
+        pairs = [(v, t) for v, t in zip(self.views(out), tensors, strict=True) if t is not None]
+        if len(pairs) < len(self.params):
             out.zero_()
-        if have:
-            dst, src = zip(*have, strict=True)
-            torch._foreach_copy_(list(dst), [g.detach() for g in src])
+        if pairs:
+            dst, src = zip(*pairs, strict=True)
+            torch._foreach_copy_(list(dst), [t.detach() for t in src])
         return out
+
+    def grad_mask(self) -> Tensor | None:
+        """1 on the coordinates of parameters that have a ``.grad``, 0 elsewhere; ``None`` if all have one.
+
+        Directions that are not built from gradients (sampled curvature directions) are restricted
+        to these coordinates, so a parameter the loss does not use stays where it is.
+        """
+        have = [p.grad is not None for p in self.params]
+        if all(have):
+            return None
+        mask = self.new_zeros()
+        for v, h in zip(self.views(mask), have, strict=True):
+            if h:
+                v.fill_(1.0)
+        return mask
 
     @torch.no_grad()
     def set_params(self, flat: Tensor) -> None:

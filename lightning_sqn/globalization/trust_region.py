@@ -32,6 +32,15 @@ from torch import Tensor
 __all__ = ["TrustRegionPolicy"]
 
 
+def radius_floor(dtype: torch.dtype) -> float:
+    """sqrt(tiny) / eps of ``dtype`` (6.7e-139 in float64, 9.2e-13 in float32): the smallest radius used.
+
+    A step of that length still has a normal ``s^T s`` with room for the products formed from it.
+    """
+    info = torch.finfo(dtype)
+    return info.tiny**0.5 / info.eps
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrustRegionPolicy:
     """Step acceptance and radius update of L-SR1 Alg. 1 (lines 13–25), with the paper's defaults.
@@ -127,6 +136,10 @@ class TrustRegionPolicy:
     def update_radius(self, radius: Tensor, rho: Tensor, step_norm: Tensor) -> Tensor:
         """The next radius ``Delta_{k+1}`` (Alg. 1 lines 18–25), clamped to ``[min_radius, max_radius]``.
 
+        The radius also never falls below :func:`radius_floor` of its dtype: a run that keeps rejecting
+        (a stalled or converged run) would otherwise halve it until ``s^T s`` underflows and the
+        curvature pairs built from such steps become subnormal.
+
         ``increase * radius`` if ``rho > high`` and ``step_norm > boundary_fraction * radius``;
         ``decrease * radius`` if ``rho < low`` or ``rho`` is NaN; ``radius`` otherwise.
 
@@ -142,4 +155,4 @@ class TrustRegionPolicy:
         grow = (rho > self.high) & (step_norm > self.boundary_fraction * radius)
         shrink = (rho < self.low) | torch.isnan(rho)
         new = torch.where(grow, radius * self.increase, torch.where(shrink, radius * self.decrease, radius))
-        return torch.clamp(new, min=self.min_radius, max=self.max_radius)
+        return torch.clamp(new, min=max(self.min_radius, radius_floor(new.dtype)), max=self.max_radius)

@@ -20,6 +20,9 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
 
 from lightning_sqn.distributed.communicator import TorchDistributedCommunicator
 from lightning_sqn.lightning.guards import check_trainer
@@ -27,6 +30,38 @@ from lightning_sqn.optim.base import QuasiNewtonOptimizer
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+
+
+class _GraphBackward:
+    """Backward that keeps the autograd graph when one of our optimizers asks for it.
+
+    An optimizer that needs Hessian-vector products sets ``graph_requested`` while its closure runs;
+    :meth:`backward` then calls the optimizer's
+    :meth:`~lightning_sqn.optim.base.QuasiNewtonOptimizer.keep_graph` (``torch.autograd.grad`` with
+    ``create_graph=True``) in place of ``loss.backward()``. Lightning's ``on_before_backward`` and
+    ``on_after_backward`` hooks still run, and ``p.grad`` holds the (detached) gradient as usual.
+    """
+
+    optimizers: list[Optimizer]
+
+    def _graph_optimizer(self) -> QuasiNewtonOptimizer | None:
+        for opt in self.optimizers:
+            if isinstance(opt, QuasiNewtonOptimizer) and opt.graph_requested:
+                return opt
+        return None
+
+    def backward(
+        self, closure_loss: Tensor, optimizer: Optimizer | None, *args: Any, **kwargs: Any
+    ) -> Tensor:
+        opt = self._graph_optimizer()
+        if opt is None:
+            return super().backward(closure_loss, optimizer, *args, **kwargs)  # type: ignore[misc]
+        module = self.lightning_module  # type: ignore[attr-defined]
+        precision = self.precision_plugin  # type: ignore[attr-defined]
+        # The strategy's own pre/post_backward only prepare DDP's reducer, which this backward bypasses.
+        closure_loss = precision.pre_backward(closure_loss, module)
+        opt.keep_graph(closure_loss)
+        return precision.post_backward(closure_loss, module)
 
 
 def _prepare_fit(trainer: pl.Trainer, distributed: bool) -> None:
@@ -39,28 +74,44 @@ def _prepare_fit(trainer: pl.Trainer, distributed: bool) -> None:
     for opt in trainer.strategy.optimizers:
         if isinstance(opt, QuasiNewtonOptimizer):
             opt.track_running_stats(trainer.lightning_module)
+            opt.graph_from_strategy = True
+            watch = getattr(opt, "watch_module", None)
+            if watch is not None and getattr(opt, "watched_module", None) is None:
+                watch(trainer.lightning_module)  # network outputs for GGN products (Hessian-free)
             if distributed:
                 opt.communicator = TorchDistributedCommunicator()
 
 
-class SQNDDPStrategy(DDPStrategy):
+class SQNDDPStrategy(_GraphBackward, DDPStrategy):
     """DDP for closure-driven quasi-Newton optimizers (also on CPU with gloo).
+
+    An evaluation whose gradient must keep its graph (Hessian-vector products) runs its forward under
+    DDP's ``no_sync``: the gradient and the graph are the local shard's, and the optimizer averages the
+    gradient and each block of products over ranks itself (DDP cannot average a gradient that keeps
+    its graph).
 
     Accepts every argument of :class:`lightning.pytorch.strategies.DDPStrategy`.
     """
 
     strategy_name = "ddp_sqn"
 
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        if self._graph_optimizer() is not None and isinstance(self.model, DistributedDataParallel):
+            with self.model.no_sync():
+                return super().training_step(*args, **kwargs)
+        return super().training_step(*args, **kwargs)
+
     def setup(self, trainer: pl.Trainer) -> None:
         super().setup(trainer)
         _prepare_fit(trainer, distributed=True)
 
 
-class SQNSingleDeviceStrategy(SingleDeviceStrategy):
+class SQNSingleDeviceStrategy(_GraphBackward, SingleDeviceStrategy):
     """One device for closure-driven quasi-Newton optimizers: ``Trainer(strategy="sqn")``.
 
-    For now it is Lightning's single-device strategy plus the checks of
-    :func:`~lightning_sqn.lightning.guards.check_trainer` at fit start. Unlike a registry-built
+    Lightning's single-device strategy plus the checks of
+    :func:`~lightning_sqn.lightning.guards.check_trainer` at fit start, and a backward that keeps the
+    autograd graph when an optimizer asks for Hessian-vector products. Unlike a registry-built
     ``single_device`` (always ``cpu``), ``strategy="sqn"`` runs on the device the Trainer's
     ``accelerator``/``devices`` select.
 

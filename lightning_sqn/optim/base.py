@@ -8,6 +8,7 @@ curvature model (:mod:`~lightning_sqn.qn`) with a globalization (:mod:`~lightnin
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,12 @@ import torch
 from torch import Tensor
 
 from lightning_sqn._flat import FlatParams
+from lightning_sqn.curvature.graph import (
+    GRAPH_MISSING,
+    LIGHTNING_STRATEGY_NEEDED,
+    GradientGraph,
+    take_graph_from_grads,
+)
 from lightning_sqn.distributed.communicator import Communicator, check_communicator
 from lightning_sqn.optim.running_stats import RunningStats, running_stat_buffers
 
@@ -72,6 +79,9 @@ class StepStats:
     line_search_success: bool | None = None
     line_search_reason: str | None = None
     fallback_to_gradient: bool | None = None  #: the quasi-Newton direction was not a descent direction
+    pairs_sampled: int | None = None  #: curvature pairs sampled at x_k (sampled quasi-Newton)
+    pairs_kept: Tensor | None = None  #: sampled pairs that passed the SR1 / BFGS test
+    hessian_products: int | None = None  #: Hessian-vector products formed in this step
 
     def as_dict(self) -> dict[str, float | int | bool | str]:
         out: dict[str, float | int | bool | str] = {}
@@ -105,6 +115,10 @@ class Counters:
         self.steps += 1
         self.closure_evals += stats.closure_evals
         self.accepted_steps += stats.accepted.long()
+        if stats.pairs_sampled is not None and stats.pairs_kept is not None:  # sampled pairs
+            self.stored_pairs += stats.pairs_kept
+            self.skipped_pairs += stats.pairs_sampled - stats.pairs_kept
+            return
         self.stored_pairs += stats.pair_stored.long()
         offered_t = torch.as_tensor(offered, device=self.skipped_pairs.device)
         self.skipped_pairs += (offered_t & ~stats.pair_stored).long()
@@ -130,6 +144,19 @@ def _same(a: Any, b: Any) -> bool:
         return a is b
 
 
+def _is_lightning_closure(closure: Closure) -> bool:
+    """Whether Lightning built this closure (its precision plugin wraps every closure in a partial)."""
+    obj: Any = closure
+    for _ in range(4):
+        if isinstance(obj, functools.partial):
+            obj = obj.func
+        elif getattr(obj, "__self__", None) is not None:
+            obj = obj.__self__
+        else:
+            break
+    return type(obj).__module__.split(".")[0] in ("lightning", "pytorch_lightning")
+
+
 class QuasiNewtonOptimizer(torch.optim.Optimizer):
     """Base class: one flat parameter vector, closure evaluation, counters and state.
 
@@ -152,6 +179,15 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         #: mean of the loss over ranks (set by ``strategy="ddp_sqn"``); ``None`` on a single process
         self.communicator: Communicator | None = None
         self._running_stats: RunningStats | None = None
+        #: True while the closure runs for an evaluation whose gradient must keep its autograd graph
+        #: (plain PyTorch closures then call ``loss.backward(create_graph=True)``)
+        self.graph_requested = False
+        #: set by the ``sqn``/``ddp_sqn`` strategies, whose backward hands the graph to :meth:`keep_graph`
+        self.graph_from_strategy = False
+        self._graph: GradientGraph | None = None
+
+    #: whether :meth:`step` needs Hessian-vector products (a closure evaluation that keeps the graph)
+    needs_graph: bool = False
 
     def track_running_stats(self, module: torch.nn.Module) -> None:
         """Advance ``module``'s BatchNorm running statistics once per step, from the accepted point.
@@ -163,6 +199,28 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         """
         buffers = running_stat_buffers(module)
         self._running_stats = RunningStats(buffers) if buffers else None
+
+    def load_pairs(self, S: Tensor, Y: Tensor) -> Tensor:
+        """Replace the curvature memory by the pairs (rows of ``S``, ``Y``), offered in order.
+
+        Each pair meets the optimizer's own test (SR1 skip rule with rank repair, BFGS curvature
+        condition) against those kept before it. Returns how many were kept (0-dim tensor). Used by
+        :class:`~lightning_sqn.callbacks.CurvaturePairSampler`.
+
+        Raises:
+            TypeError: for an optimizer without a limited-memory pair store.
+            ValueError: if ``S`` and ``Y`` are not both ``(k, n)``.
+        """
+        model = getattr(self, "_model", None)
+        if not hasattr(model, "load_pairs"):
+            raise TypeError(f"{type(self).__name__} has no limited-memory pair store to load pairs into")
+        n = self._flat.numel
+        if S.ndim != 2 or S.shape != Y.shape or S.shape[1] != n:
+            raise ValueError(
+                f"S and Y must both have shape (k, {n}), got {tuple(S.shape)} and {tuple(Y.shape)}"
+            )
+        flat = self._flat
+        return model.load_pairs(S.to(flat.dtype), Y.to(flat.dtype))  # type: ignore[union-attr]
 
     # ------------------------------------------------------------ groups
     def _check_groups(self, groups: list[dict[str, Any]] | None = None) -> None:
@@ -199,14 +257,37 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
 
     # ------------------------------------------------------------ closure
-    def _evaluate(self, closure: Closure, out: Tensor) -> Tensor:
-        """Run the closure once with fresh gradients; write g into ``out`` and return f (0-dim, on device)."""
+    def keep_graph(self, loss: Tensor) -> None:
+        """Backward for an evaluation that keeps the graph (called by the ``sqn``/``ddp_sqn`` strategies).
+
+        ``torch.autograd.grad`` with ``create_graph=True`` instead of ``loss.backward()``: no
+        parameter/gradient reference cycle, and under DDP (run under ``no_sync``) no reducer hooks.
+        ``p.grad`` receives the detached gradients, so Lightning's hooks see the usual gradients.
+        """
+        params = self._flat.params
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = None if g is None else g.detach()
+        self._graph = GradientGraph(grads, params, self.communicator)
+
+    def _evaluate(self, closure: Closure, out: Tensor, create_graph: bool = False) -> Tensor:
+        """Run the closure once with fresh gradients; write g into ``out`` and return f (0-dim, on device).
+
+        ``create_graph``: the gradient must keep its graph; afterwards :attr:`_graph` holds it (a
+        :class:`~lightning_sqn.curvature.graph.GradientGraph`). Such an evaluation bypasses DDP's
+        gradient averaging, so with a communicator its gradient is averaged here.
+        """
         for p in self._flat.params:
             p.grad = None
         if self._running_stats is not None:
             self._running_stats.before_evaluation()
-        with torch.enable_grad():
-            loss = closure()
+        self._graph = None
+        self.graph_requested = create_graph
+        try:
+            with torch.enable_grad():
+                loss = closure()
+        finally:
+            self.graph_requested = False
         if self._running_stats is not None:
             self._running_stats.after_evaluation()
         if loss is None:
@@ -214,8 +295,15 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
                 f"the closure given to {type(self).__name__}.step() returned None; it must return the loss "
                 "(in Lightning: training_step must return the loss, not None, on every batch)"
             )
+        if create_graph and self._graph is None:
+            grads = take_graph_from_grads(self._flat.params)
+            if grads is None:
+                raise RuntimeError(GRAPH_MISSING.format(name=type(self).__name__))
+            self._graph = GradientGraph(grads, self._flat.params, self.communicator)
         self._evals_this_step += 1
         self._flat.gather_grads(out)
+        if create_graph and self.communicator is not None:
+            out.copy_(self.communicator.all_reduce_mean(out))
         loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         loss = loss.to(device=out.device, dtype=out.dtype).reshape(())
         if self.communicator is not None:  # every rank decides from the same (global mean) loss
@@ -247,6 +335,12 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         if closure is None:
             raise RuntimeError(CLOSURE_REQUIRED.format(name=type(self).__name__))
         check_communicator(self, self.communicator)
+        if self.needs_graph and not self.graph_from_strategy and _is_lightning_closure(closure):
+            from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+            raise MisconfigurationException(
+                LIGHTNING_STRATEGY_NEEDED.format(name=type(self).__name__, strategy="in use")
+            )
         self._evals_this_step = 0
         if self._running_stats is not None:
             self._running_stats.begin_step()
@@ -256,6 +350,8 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
             if self._running_stats is not None:
                 self._running_stats.abort()
             raise
+        finally:
+            self._graph = None  # frees the activations a graph-keeping evaluation saved
         self.last_step = stats
         self.counters.record(stats, offered)
         self._started = True

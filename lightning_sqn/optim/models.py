@@ -75,6 +75,17 @@ class LimitedMemoryModel:
         stored = self.matrix.update(s, y, products=products)
         return stored, torch.zeros((), dtype=torch.long, device=stored.device)
 
+    def load_pairs(self, S: Tensor, Y: Tensor) -> Tensor:
+        """Forget the memory, then offer the pairs (rows of S, Y) in order; return how many were kept.
+
+        Each pair meets the matrix's own test (SR1 skip rule with rank repair, or the BFGS curvature
+        condition) against the pairs kept before it, as in a sequence of classical updates.
+        """
+        self.reset()
+        for s, y in zip(S, Y, strict=True):
+            self.offer(s, y, scale=None)
+        return self.pairs()
+
     def pairs(self) -> Tensor:
         return self.matrix.memory.count()
 

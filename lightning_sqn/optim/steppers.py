@@ -59,6 +59,21 @@ class LineSearchModel(Protocol):
     def gamma(self) -> Tensor: ...
 
 
+class CurvatureRefresh(Protocol):
+    """Rebuilds the model's pairs at x_k before the step (sampled quasi-Newton, Berahas et al. Alg. 1)."""
+
+    #: the evaluation at x_k must keep its graph (Hessian-vector products)
+    needs_graph: bool
+
+    def refresh(self, closure: Closure, x: Tensor, g: Tensor) -> None:
+        """Replace the model's pairs by pairs sampled at x (the parameters hold x before and after)."""
+        ...
+
+    def annotate(self, stats: StepStats) -> None:
+        """Add what the refresh did (pairs sampled and kept, products used) to the step's record."""
+        ...
+
+
 def spectrum_stats(eigenvalues: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(min, max, number of negative entries) of the eigenvalues of B that a solver reports."""
     return eigenvalues.amin(), eigenvalues.amax(), (eigenvalues < 0).sum()
@@ -72,6 +87,8 @@ class TrustRegionStepper:
         model: the curvature model.
         policy: acceptance and radius rules.
         initial_radius: Delta_0; ``None`` means ||g(x_0)|| (Alg. 1 "Require").
+        refresh: rebuilds the pairs at every x_k (sampled L-SR1, Berahas et al. Alg. 3 line 2); the
+            step's own pair (s_k, y_k) is then not offered.
     """
 
     def __init__(
@@ -80,10 +97,12 @@ class TrustRegionStepper:
         model: TrustRegionModel,
         policy: TrustRegionPolicy,
         initial_radius: float | None,
+        refresh: CurvatureRefresh | None = None,
     ) -> None:
         self.opt = opt
         self.model = model
         self.policy = policy
+        self.refresh = refresh
         flat = opt._flat
         # Preallocated n-vectors: a fresh 4 MB temporary costs page faults comparable to the arithmetic.
         self.x, self.x_trial = flat.new_zeros(), flat.new_zeros()
@@ -95,9 +114,12 @@ class TrustRegionStepper:
     def step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:
         opt, flat, policy = self.opt, self.opt._flat, self.policy
         x = flat.gather_params(self.x)
-        f0 = opt._evaluate(closure, self.g)
+        refresh = self.refresh
+        f0 = opt._evaluate(closure, self.g, create_graph=refresh is not None and refresh.needs_graph)
         gg = opt._check_finite_start(f0, self.g)
         g = self.g
+        if refresh is not None:
+            refresh.refresh(closure, x, g)
         gnorm = gg.sqrt()
         # Delta_0 = ||g_0|| on the first step (a positive fallback if g_0 = 0).
         radius = torch.where(
@@ -111,11 +133,15 @@ class TrustRegionStepper:
         ared = f0 - f1
         rho = policy.rho(ared, res.predicted_reduction)
         accepted = policy.accept(rho)
-        # y_k = g(x_k + s_k) - g(x_k) on the same mini-batch, also for rejected steps (Alg. 1 line 12).
-        y = torch.sub(self.g_trial, g, out=self.y)
-        # y - B s = g(x + s) + sigma s, because (B + sigma I) s = -g at the subproblem solution.
-        residual = torch.mul(s, res.sigma, out=self.r).add_(self.g_trial)
-        stored, dropped = self.model.offer(s, y, residual)
+        if refresh is None:
+            # y_k = g(x_k + s_k) - g(x_k) on the same mini-batch, also for rejected steps (Alg. 1 line 12).
+            y = torch.sub(self.g_trial, g, out=self.y)
+            # y - B s = g(x + s) + sigma s, because (B + sigma I) s = -g at the subproblem solution.
+            residual = torch.mul(s, res.sigma, out=self.r).add_(self.g_trial)
+            stored, dropped = self.model.offer(s, y, residual)
+        else:  # the pairs are sampled afresh at the next iterate
+            stored = torch.zeros((), dtype=torch.bool, device=flat.device)
+            dropped = torch.zeros((), dtype=torch.long, device=flat.device)
         next_radius = policy.update_radius(radius, rho, res.step_norm)
         self.radius.copy_(next_radius)
         if flat.device.type == "cpu":  # reading a CPU tensor costs no device synchronisation
@@ -123,7 +149,8 @@ class TrustRegionStepper:
                 flat.set_params(x)  # the parameters hold x_k + s_k since the trial evaluation
         else:
             flat.set_params(torch.where(accepted, self.x_trial, x, out=self.x))
-        opt._commit_running_stats(accepted, if_accepted=1, if_rejected=0)
+        # the trial point is the latest evaluation (sampling may have evaluated in between)
+        opt._commit_running_stats(accepted, if_accepted=opt._evals_this_step - 1, if_rejected=0)
         eig_min, eig_max, negative = spectrum_stats(res.eigenvalues)
         stats = StepStats(
             loss=f0,
@@ -147,7 +174,9 @@ class TrustRegionStepper:
             pairs_dropped=dropped,
             gamma=self.model.gamma(),
         )
-        return stats, True
+        if refresh is not None:
+            refresh.annotate(stats)
+        return stats, refresh is None
 
     def state_dict(self) -> dict[str, Any]:
         return {"radius": self.radius}
@@ -168,6 +197,8 @@ class LineSearchStepper:
             (alpha_0 = lr, the quasi-Newton step) or ``"doubling"`` (alpha_0 = min(lr, 2 alpha_{k-1}),
             Alg. 2 line 10). With an empty memory the trial step is scaled to length lr
             (alpha_0 = lr min(1, 1/||d||)), because d = -g/gamma_init has no natural scale.
+        refresh: rebuilds the pairs at every x_k (sampled L-BFGS, Berahas et al. Alg. 2 line 2); the
+            step's own pair is then not offered.
     """
 
     def __init__(
@@ -177,6 +208,7 @@ class LineSearchStepper:
         line_search: LineSearch | None,
         lr: float,
         initial_step: str = "unit",
+        refresh: CurvatureRefresh | None = None,
     ) -> None:
         if initial_step not in ("unit", "doubling"):
             raise ValueError(f"initial_step must be 'unit' or 'doubling', got {initial_step!r}")
@@ -185,6 +217,7 @@ class LineSearchStepper:
         self.line_search = line_search
         self.lr = lr
         self.initial_step = initial_step
+        self.refresh = refresh
         flat = opt._flat
         self.x, self.g, self.g_trial = flat.new_zeros(), flat.new_zeros(), flat.new_zeros()
         self.prev_alpha = 1.0
@@ -195,11 +228,14 @@ class LineSearchStepper:
         finite, so a step refused with NonFiniteLossError leaves the memory unchanged."""
         opt, flat = self.opt, self.opt._flat
         x = flat.gather_params(self.x)
-        f0 = opt._evaluate(closure, self.g)
+        refresh = self.refresh
+        f0 = opt._evaluate(closure, self.g, create_graph=refresh is not None and refresh.needs_graph)
         opt._check_finite_start(f0, self.g)
         if forget:
             self.model.reset()
         g = self.g
+        if refresh is not None:
+            refresh.refresh(closure, x, g)
         d = self.model.direction(g)
         dphi0 = float(g @ d)
         fallback = not (dphi0 < 0.0)
@@ -215,7 +251,7 @@ class LineSearchStepper:
         self.last_alpha = 0.0
         if not dnorm > 0.0:  # g = 0: stationary point, nothing to do
             opt._commit_running_stats(False, if_accepted=0, if_rejected=0)
-            return self._stats(f0, f0, false, 0.0, false, None, fallback), False
+            return self._finish(self._stats(f0, f0, false, 0.0, false, None, fallback)), False
         if int(self.model.pairs()) == 0:
             alpha0 = self.lr * min(1.0, 1.0 / dnorm)
         elif self.initial_step == "doubling":
@@ -250,20 +286,28 @@ class LineSearchStepper:
             opt._commit_running_stats(False, if_accepted=0, if_rejected=0)
             self.model.reset()
             stats = self._stats(f0, torch.tensor(f_trial, device=device), false, 0.0, false, ls, fallback)
-            return stats, False
+            return self._finish(stats), False
         # The parameters hold x + alpha d: the last evaluation was at the chosen step length
         # (re-evaluated above if needed), which is also where g_trial was taken.
         s = alpha * d
         opt._commit_running_stats(True, if_accepted=opt._evals_this_step - 1)
-        y = self.g_trial - g
-        stored, dropped = self.model.offer(s, y, scale=None if fallback else alpha)
+        if refresh is None:
+            y = self.g_trial - g
+            stored, dropped = self.model.offer(s, y, scale=None if fallback else alpha)
+        else:  # the pairs are sampled afresh at the next iterate
+            stored, dropped = false, torch.zeros((), dtype=torch.long, device=device)
         self.prev_alpha = alpha
         true = torch.ones((), dtype=torch.bool, device=device)
         stats = self._stats(
             f0, torch.tensor(f_trial, device=device), true, alpha * dnorm, stored, ls, fallback
         )
         stats.pairs_dropped = dropped
-        return stats, True
+        return self._finish(stats), refresh is None
+
+    def _finish(self, stats: StepStats) -> StepStats:
+        if self.refresh is not None:
+            self.refresh.annotate(stats)
+        return stats
 
     def _stats(
         self,

@@ -115,7 +115,13 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         """
         ss, sy, yy = s @ s, s @ y, y @ y
         # s^T s and y^T y are finite exactly when s and y are (barring overflow, also refused).
-        stored = (sy > self.curvature_eps * (ss * yy).clamp_min(0).sqrt()) & (ss + yy + sy).isfinite()
+        # s^T y must also be a comfortably normal number (the compact form divides by it)
+        tiny = torch.finfo(sy.dtype).tiny / torch.finfo(sy.dtype).eps
+        stored = (
+            (sy > self.curvature_eps * (ss * yy).clamp_min(0).sqrt())
+            & (sy > tiny)
+            & (ss + yy + sy).isfinite()
+        )
         # The masked writes select, never compute with, a refused pair, so it cannot poison the buffer.
         self.memory.push(s, y, stored, products=products, dots=(ss, sy, yy))
         if isinstance(self.gamma_choice, str):

@@ -208,7 +208,9 @@ class LSR1Matrix(LimitedMemoryMatrix):
         num = (u @ residual).abs()
         unorm = (ss if primal else yy).clamp_min(0).sqrt()
         rnorm = torch.linalg.vector_norm(residual)
-        stored = (num > 0) & (num >= self.skip_tol * unorm * rnorm) & num.isfinite() & rnorm.isfinite()
+        # num must also be a comfortably normal number: M^{-1} holds it, and M holds its inverse
+        tiny = torch.finfo(num.dtype).tiny / torch.finfo(num.dtype).eps
+        stored = (num > tiny) & (num >= self.skip_tol * unorm * rnorm) & num.isfinite() & rnorm.isfinite()
         # s^T s and y^T y are finite exactly when s and y are (barring overflow, also refused).
         stored &= (ss + yy).isfinite()
         # The masked writes select, never compute with, a refused pair, so it cannot poison the buffer.

@@ -59,6 +59,14 @@ class Regression(L.LightningModule):
             return lightning_sqn.LSR1(self.parameters(), memory=5)
         if self.optimizer_name == "lsr1_ls":
             return lightning_sqn.LSR1(self.parameters(), memory=5, method="line_search")
+        if self.optimizer_name == "slsr1_hessian":
+            return lightning_sqn.SampledLSR1(self.parameters(), memory=4, sample_radius=0.1, seed=3)
+        if self.optimizer_name == "slsr1_gradient":
+            return lightning_sqn.SampledLSR1(
+                self.parameters(), memory=4, sample_radius=1e-3, sampling="gradient", seed=3
+            )
+        if self.optimizer_name == "slbfgs_hessian":
+            return lightning_sqn.SampledLBFGS(self.parameters(), memory=4, sample_radius=0.1, seed=3)
         return lightning_sqn.LBFGS(self.parameters(), memory=5)
 
     def train_dataloader(self):
@@ -70,7 +78,7 @@ class Regression(L.LightningModule):
 
 def run(optimizer: str, skewed: bool, rank: int, world: int, strategy: str = "ddp_sqn") -> dict:
     model = Regression(optimizer, rank, world, skewed)
-    kwargs = dict(strategy=strategy, devices=world) if world > 1 else dict(devices=1)
+    kwargs = dict(strategy=strategy, devices=world) if world > 1 else dict(devices=1, strategy="sqn")
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=STEPS,
@@ -134,13 +142,67 @@ def run_callbacks(rank: int, world: int) -> dict:
     return {"batch_sizes": model.seen_batch_sizes, "rows": model.log_rows, "params": params}
 
 
+def run_sampler(rank: int, world: int, sampling: str) -> dict:
+    """L-SR1 with CurvaturePairSampler: a fixed curvature set, rank r evaluating its half."""
+    model = Regression("lsr1_tr", rank, world, skewed=True)
+    Xc, yc = dataset(skewed=True)
+    Xc, yc = Xc[:64], yc[:64]
+    curvature = DataLoader(TensorDataset(Xc[rank::world], yc[rank::world]), batch_size=64 // world)
+    sampler = lightning_sqn.callbacks.CurvaturePairSampler(
+        every_n_steps=4, num_pairs=3, sample_radius=1e-2, sampling=sampling, dataloader=curvature, seed=2
+    )
+    kwargs = dict(strategy="ddp_sqn", devices=world) if world > 1 else dict(devices=1, strategy="sqn")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[sampler],
+        **kwargs,
+    )
+    trainer.fit(model)
+    params = torch.cat([p.detach().reshape(-1) for p in model.net.parameters()])
+    return {
+        "rows": model.log_rows,
+        "params": params,
+        "steps": trainer.global_step,
+        "refreshes": sampler.refreshes,
+    }
+
+
+def products(rank: int, world: int) -> dict:
+    """Hessian-vector products of the mean loss from this rank's shard, averaged over the ranks."""
+    import torch.distributed as dist
+
+    from lightning_sqn.curvature.graph import GradientGraph
+    from lightning_sqn.distributed import TorchDistributedCommunicator
+
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(D, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    X, y = dataset(skewed=True)
+    X, y = X[rank::world], y[rank::world]
+    params = list(net.parameters())
+    loss = nn.functional.mse_loss(net(X), y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    comm = TorchDistributedCommunicator() if world > 1 else None
+    V = torch.randn(
+        3, sum(p.numel() for p in params), generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    return {"HV": GradientGraph(grads, params, comm).hvp(V), "V": V}
+
+
 def main() -> None:
     out = sys.argv[1]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     torch.set_num_threads(1)
     results = {}
-    for optimizer in ("lsr1_tr", "lsr1_ls", "lbfgs"):
+    for optimizer in ("lsr1_tr", "lsr1_ls", "lbfgs", "slsr1_hessian", "slsr1_gradient", "slbfgs_hessian"):
         results[optimizer] = run(optimizer, False, rank, world)
     results["lsr1_tr_skewed"] = run("lsr1_tr", True, rank, world)
     results["callbacks"] = run_callbacks(rank, world)
@@ -150,6 +212,9 @@ def main() -> None:
             results["plain_ddp_error"] = None
         except Exception as err:  # the test inspects the type and message
             results["plain_ddp_error"] = (type(err).__name__, str(err))
+    results["sampler_hessian"] = run_sampler(rank, world, "hessian")
+    results["sampler_gradient"] = run_sampler(rank, world, "gradient")
+    results["products"] = products(rank, world)
     torch.save(results, f"{out}.rank{rank}")
 
 

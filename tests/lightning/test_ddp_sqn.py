@@ -61,7 +61,9 @@ def runs(tmp_path_factory) -> tuple[dict, list[dict]]:
     return single, ranks
 
 
-@pytest.mark.parametrize("case", ["lsr1_tr", "lsr1_ls", "lbfgs"])
+@pytest.mark.parametrize(
+    "case", ["lsr1_tr", "lsr1_ls", "lbfgs", "slsr1_hessian", "slsr1_gradient", "slbfgs_hessian"]
+)
 def test_two_ranks_equal_one_process_with_the_double_batch(runs, case) -> None:
     single, ranks = runs
     ref = single[case]
@@ -83,6 +85,29 @@ def test_two_ranks_equal_one_process_with_the_double_batch(runs, case) -> None:
         rel = (got["params"] - ref["params"]).norm() / ref["params"].norm()
         assert rel <= 1e-6, float(rel)
     assert any(not r["accepted"] for r in ref["rows"]) or case != "lsr1_tr"  # the run exercises rejections
+
+
+@pytest.mark.parametrize("case", ["sampler_hessian", "sampler_gradient"])
+def test_curvature_pair_sampler_under_ddp_sqn_equals_one_process(runs, case) -> None:
+    single, ranks = runs
+    ref = single[case]
+    assert ref["steps"] == 20 and ref["refreshes"] == 5
+    for rank in ranks:
+        got = rank[case]
+        assert got["refreshes"] == 5
+        assert [r["accepted"] for r in got["rows"]] == [r["accepted"] for r in ref["rows"]]
+        rel = (got["params"] - ref["params"]).norm() / ref["params"].norm()
+        assert rel <= 1e-6, float(rel)
+
+
+def test_hessian_products_of_two_shards_equal_the_single_process_product(runs) -> None:
+    """Products on each rank's shard (the local graph), averaged once per block over the two ranks,
+    equal the product with the Hessian of the loss on the concatenated batch (skewed shards)."""
+    single, ranks = runs
+    ref = single["products"]["HV"]
+    assert ref.shape == (3, 129) and ref.abs().amax() > 0
+    for rank in ranks:
+        torch.testing.assert_close(rank["products"]["HV"], ref, rtol=1e-12, atol=1e-12)
 
 
 def test_ranks_with_very_different_losses_decide_identically(runs) -> None:

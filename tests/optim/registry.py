@@ -12,6 +12,7 @@ and a closure that counts its calls). It contains no tests.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -50,6 +51,10 @@ class OptimizerCase:
     trust_region: bool
     nan_trial: NanTrial
     group_option: tuple[str, Any]
+    #: pairs are sampled afresh at every iterate (the step's own pair is never offered)
+    sampled: bool = False
+    #: which closure call of a step evaluates the trust-region trial point (1-based)
+    trial_call: int = 2
 
     def __repr__(self) -> str:  # short ids in pytest output
         return self.name
@@ -126,10 +131,35 @@ OPTIMIZER_CASES: list[OptimizerCase] = [
         nan_trial="backtrack",
         group_option=("gamma", 2.0),
     ),
+    OptimizerCase(
+        "sampled_lsr1_hessian",
+        lambda p: lightning_sqn.SampledLSR1(p, memory=3, sample_radius=0.1, sampling="hessian", seed=0),
+        trust_region=True,
+        nan_trial="reject",
+        group_option=("sample_radius", 0.5),
+        sampled=True,
+    ),
+    OptimizerCase(
+        "sampled_lsr1_gradient",
+        lambda p: lightning_sqn.SampledLSR1(p, memory=3, sample_radius=1e-3, sampling="gradient", seed=0),
+        trust_region=False,  # m + 2 evaluations per step
+        nan_trial="reject",
+        group_option=("sampling", "hessian"),
+        sampled=True,
+        trial_call=5,
+    ),
+    OptimizerCase(
+        "sampled_lbfgs_hessian",
+        lambda p: lightning_sqn.SampledLBFGS(p, memory=3, sample_radius=0.1, sampling="hessian", seed=0),
+        trust_region=False,
+        nan_trial="backtrack",
+        group_option=("memory", 2),
+        sampled=True,
+    ),
 ]
 
-TRUST_REGION_CASES = [c for c in OPTIMIZER_CASES if c.trust_region]
-LINE_SEARCH_CASES = [c for c in OPTIMIZER_CASES if not c.trust_region]
+TRUST_REGION_CASES = [c for c in OPTIMIZER_CASES if c.nan_trial == "reject"]
+LINE_SEARCH_CASES = [c for c in OPTIMIZER_CASES if c.nan_trial != "reject"]
 
 
 # ---------------------------------------------------------------------------------------------- problems
@@ -190,8 +220,22 @@ class CountingClosure:
         loss = nn.functional.mse_loss(self.model(X), y)
         if self.corrupt is not None and self.corrupt(self.calls_this_step):
             loss = loss * float("nan")
-        loss.backward()
+        backward(loss, self.optimizer)
         return loss
+
+
+def backward(loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """``loss.backward()``, keeping the graph when the optimizer asks for Hessian-vector products.
+
+    ``torch.autograd.backward`` warns about the parameter/gradient reference cycle that
+    ``create_graph=True`` creates; the optimizer breaks it by detaching ``p.grad`` after reading it.
+    """
+    if getattr(optimizer, "graph_requested", False):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Using backward\\(\\) with create_graph=True")
+            loss.backward(create_graph=True)
+    else:
+        loss.backward()
 
 
 def full_loss(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> float:

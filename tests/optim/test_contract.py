@@ -23,6 +23,7 @@ from registry import (
     CountingClosure,
     OptimizerCase,
     assert_same_structure,
+    backward,
     bitwise_equal,
     full_loss,
     iter_tensors,
@@ -314,8 +315,8 @@ def test_nan_gradient_at_current_point_raises_and_changes_nothing(case: Optimize
     def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = nn.functional.mse_loss(model(X), y)
-        loss.backward()
-        model[2].bias.grad.fill_(float("nan"))
+        backward(loss, opt)
+        model[2].bias.grad.detach().fill_(float("nan"))
         return loss
 
     with pytest.raises(lightning_sqn.NonFiniteLossError, match="gradient"):
@@ -330,16 +331,21 @@ def test_trust_region_rejects_nan_trial_point(case: OptimizerCase) -> None:
     params = _params(model)
     pairs_before = opt.last_step.as_dict()["pairs_in_memory"]
     skipped_before = opt.counters.as_dict()["skipped_pairs"]
-    closure = CountingClosure(model, opt, batches, corrupt=lambda call: call == 2)
+    closure = CountingClosure(model, opt, batches, corrupt=lambda call: call == case.trial_call)
     opt.step(closure.new_step(3))
     record = opt.last_step.as_dict()
-    assert closure.calls == 2 and record["closure_evals"] == 2
+    assert closure.calls == case.trial_call and record["closure_evals"] == case.trial_call
     assert math.isnan(record["trial_loss"])
     assert record["accepted"] is False
     assert record["next_radius"] < record["radius"]
     assert record["pair_stored"] is False
-    assert record["pairs_in_memory"] == pairs_before
-    assert opt.counters.as_dict()["skipped_pairs"] == skipped_before + 1
+    if case.sampled:  # the memory holds the pairs sampled at x_k; the step's pair is never offered
+        assert record["pairs_sampled"] == 3 and record["pairs_in_memory"] == record["pairs_kept"]
+        skipped = record["pairs_sampled"] - record["pairs_kept"]
+        assert opt.counters.as_dict()["skipped_pairs"] == skipped_before + skipped
+    else:
+        assert record["pairs_in_memory"] == pairs_before
+        assert opt.counters.as_dict()["skipped_pairs"] == skipped_before + 1
     _assert_params_equal(model, params)
     # The next step starts from the smaller radius and is finite again.
     opt.step(CountingClosure(model, opt, batches).new_step(4))
@@ -357,7 +363,7 @@ def test_line_search_handles_nan_trial_point(case: OptimizerCase) -> None:
     if case.nan_trial == "backtrack":
         # The first trial was NaN; a shorter step was found and taken.
         assert closure.calls >= 3
-        assert record["accepted"] is True and record["pair_stored"] is True
+        assert record["accepted"] is True and record["pair_stored"] is not case.sampled
         assert record["step_length"] > 0
         assert math.isfinite(record["trial_loss"]) and record["trial_loss"] < record["loss"]
         moved = parameters_to_vector(model.parameters()).detach()

@@ -1,0 +1,275 @@
+"""Sampled L-SR1 and sampled L-BFGS (Berahas, Jahani & Takáč, "Sampled quasi-Newton methods").
+
+Both forget the memory at every iterate w_k and sample m new curvature pairs around it
+(:mod:`~lightning_sqn.curvature.sampling`) before computing the step, so even the first step is
+quasi-Newton. S-LSR1 (their Alg. 3) then solves the L-SR1 trust-region subproblem and updates the
+radius as the L-SR1 trust-region loop does; S-LBFGS (their Alg. 2) takes p_k = -H_k g_k with a line
+search.
+
+Cost per step: option II (``sampling="hessian"``) two closure evaluations, the first keeping its
+graph, plus one batched block of m Hessian-vector products; option I (``"gradient"``) m + 2 closure
+evaluations (the gradients at w_k + sigma_i) and no graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lightning_sqn.curvature.sampling import DirectionSampler, Sampling, check_sampling, sampled_differences
+from lightning_sqn.globalization.linesearch import LineSearch, StrongWolfe
+from lightning_sqn.globalization.trust_region import TrustRegionPolicy
+from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
+from lightning_sqn.optim.models import LimitedMemoryModel
+from lightning_sqn.optim.steppers import LineSearchStepper, TrustRegionStepper
+from lightning_sqn.qn.lbfgs import LBFGSMatrix
+from lightning_sqn.qn.lsr1 import GammaChoice, LSR1Matrix
+
+
+class SampledPairs:
+    """The pair refresh of both methods (Berahas et al. Alg. 1), as a stepper's ``refresh`` hook.
+
+    Args:
+        opt: the optimizer (closure evaluation, flat parameters, the kept graph, communicator).
+        model: the limited-memory model whose pairs are replaced.
+        sampler: draws the directions S.
+        sampling: ``"hessian"`` (option II) or ``"gradient"`` (option I).
+    """
+
+    def __init__(
+        self,
+        opt: QuasiNewtonOptimizer,
+        model: LimitedMemoryModel,
+        sampler: DirectionSampler,
+        sampling: Sampling,
+    ) -> None:
+        self.opt = opt
+        self.model = model
+        self.sampler = sampler
+        self.sampling = sampling
+        self.needs_graph = sampling == "hessian"
+        self._g_sample = opt._flat.new_zeros() if sampling == "gradient" else None
+        self._last: tuple[int, Tensor, int] | None = None
+
+    def sample(self, closure: Closure, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """(S, Y) at x: directions and differences (rows). Option II uses the graph of the evaluation at x."""
+        opt, flat = self.opt, self.opt._flat
+        # only parameters that have a gradient at x are perturbed (an unused parameter stays put)
+        S = self.sampler.sample(flat.numel, flat.dtype, flat.device, opt.communicator, flat.grad_mask())
+        if self.sampling == "hessian":
+            graph = opt._graph
+            if graph is None:
+                raise RuntimeError("option II needs the evaluation at x_k to keep its graph")
+            Y = sampled_differences(S, "hessian", hvp=graph.hvp)
+            opt._graph = None  # free the saved activations before the trial evaluation
+            return S, Y
+
+        g_sample = self._g_sample
+        assert g_sample is not None
+
+        def gradient_at(sigma: Tensor) -> Tensor:
+            flat.set_params(torch.add(x, sigma))
+            opt._evaluate(closure, g_sample)
+            return g_sample
+
+        try:
+            Y = sampled_differences(S, "gradient", gradient_at=gradient_at, g=g)
+        finally:
+            flat.set_params(x)
+        return S, Y
+
+    def refresh(self, closure: Closure, x: Tensor, g: Tensor) -> None:
+        S, Y = self.sample(closure, x, g)
+        kept = self.model.load_pairs(S, Y)
+        products = S.shape[0] if self.sampling == "hessian" else 0
+        self._last = (S.shape[0], kept, products)
+
+    def annotate(self, stats: StepStats) -> None:
+        if self._last is not None:
+            stats.pairs_sampled, stats.pairs_kept, stats.hessian_products = self._last
+
+
+class _SampledBase(QuasiNewtonOptimizer):
+    """Shared construction: validation, the direction sampler and the pair refresh."""
+
+    _model: LimitedMemoryModel
+    _stepper: TrustRegionStepper | LineSearchStepper
+
+    def _make_refresh(
+        self, memory: int, sample_radius: float, sampling: Sampling, seed: int | None
+    ) -> SampledPairs:
+        self.needs_graph = sampling == "hessian"
+        self._sampler = DirectionSampler(memory, sample_radius, self._flat.device, seed)
+        self._refresh = SampledPairs(self, self._model, self._sampler, sampling)
+        return self._refresh
+
+    def sample_pairs(self, closure: Closure) -> tuple[Tensor, Tensor]:
+        """Sample (S, Y) at the current parameters without stepping (rows are pairs); for inspection.
+
+        Evaluates the closure at x (keeping the graph for option II) and, for option I, at the m
+        sampled points; the parameters are left at x. Advances the direction generator.
+        """
+        flat = self._flat
+        x = flat.gather_params()
+        g = flat.new_zeros()
+        self._evals_this_step = 0
+        try:
+            self._evaluate(closure, g, create_graph=self.needs_graph)
+            return self._refresh.sample(closure, x, g)
+        finally:
+            self._graph = None
+
+    def _step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:
+        return self._stepper.step(closure)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "matrix": self._model.state_dict(),
+            "stepper": self._stepper.state_dict(),
+            "sampler": self._sampler.state_dict(),
+        }
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self._model.load_state_dict(state["matrix"])
+        self._stepper.load_state_dict(state["stepper"])
+        self._sampler.load_state_dict(state["sampler"])
+
+
+class SampledLSR1(_SampledBase):
+    """Sampled L-SR1 (S-LSR1, Berahas, Jahani & Takáč Alg. 3): fresh sampled pairs, trust-region step.
+
+    Each step: evaluate f and g at w_k (keeping the graph for option II); forget the memory and sample
+    m pairs around w_k; keep those that pass the SR1 skip rule (with rank repair, as in L-SR1); solve
+    the trust-region subproblem for B_k (OBS, exact); evaluate f at w_k + p_k on the same batch;
+    accept if rho > eta and update the radius with
+    :class:`~lightning_sqn.globalization.trust_region.TrustRegionPolicy`.
+
+    Args:
+        params: parameters or groups (one flat vector).
+        memory: m, pairs sampled per step.
+        sample_radius: r, length of each sampled direction.
+        sampling: ``"hessian"`` (option II: Y = grad^2 F(w) S, one batched block of products; needs
+            a closure whose backward keeps the graph, see
+            :mod:`~lightning_sqn.curvature.graph`) or ``"gradient"`` (option I: m extra gradients).
+        gamma: B_0 = gamma I, see :class:`~lightning_sqn.qn.lsr1.LSR1Matrix`. Default ``"eigen"``
+            (gamma below the smallest eigenvalue of the sampled pencil (S^T Y, S^T S)): with
+            ``"scaled"`` (y^T y / s^T y) gamma lies inside the sampled spectrum, and the SR1 matrix
+            built from exact Hessian pairs then has large spurious negative eigenvalues (measured on a
+            convex quadratic: lambda_min(B) = -12 for an SPD Hessian), which stalls the trust region.
+        gamma_init: gamma until a pair is kept.
+        skip_tol: r of the SR1 skip rule.
+        rank_tol: rank threshold of the repair loop and of OBS.
+        trust_region: acceptance and radius parameters.
+        initial_radius: Delta_0; ``None`` for ||g(w_0)||.
+        newton_iters: Newton iterations on the OBS secular equation.
+        seed: seed of the direction generator (``None``: drawn from the global generator on the first
+            step; identical on all ranks either way).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        memory: int = 5,
+        sample_radius: float = 1.0,
+        sampling: Sampling = "hessian",
+        *,
+        gamma: GammaChoice | float = "eigen",
+        gamma_init: float = 1.0,
+        skip_tol: float = 1e-8,
+        rank_tol: float | None = None,
+        trust_region: TrustRegionPolicy | None = None,
+        initial_radius: float | None = None,
+        newton_iters: int = 30,
+        seed: int | None = None,
+    ) -> None:
+        check_sampling(memory, sample_radius, sampling)
+        if initial_radius is not None and not initial_radius > 0:
+            raise ValueError(f"initial_radius must be > 0 or None (for ||g_0||), got {initial_radius!r}")
+        if not isinstance(newton_iters, int) or newton_iters < 1:
+            raise ValueError(f"newton_iters must be an integer >= 1, got {newton_iters!r}")
+        defaults = dict(
+            memory=memory,
+            sample_radius=sample_radius,
+            sampling=sampling,
+            gamma=gamma,
+            gamma_init=gamma_init,
+            skip_tol=skip_tol,
+        )
+        super().__init__(params, defaults)
+        flat = self._flat
+        self.matrix = LSR1Matrix(
+            memory,
+            flat.numel,
+            dtype=flat.dtype,
+            device=flat.device,
+            form="B",
+            gamma=gamma,
+            gamma_init=gamma_init,
+            skip_tol=skip_tol,
+            rank_tol=rank_tol,
+        )
+        self._model = LimitedMemoryModel(self.matrix, newton_iters)
+        refresh = self._make_refresh(memory, sample_radius, sampling, seed)
+        self._stepper = TrustRegionStepper(
+            self, self._model, trust_region or TrustRegionPolicy(), initial_radius, refresh=refresh
+        )
+
+
+class SampledLBFGS(_SampledBase):
+    """Sampled L-BFGS (S-LBFGS, Berahas, Jahani & Takáč Alg. 2): fresh sampled pairs, line search.
+
+    Each step: evaluate f and g at w_k; forget the memory and sample m pairs around w_k; keep those
+    with s^T y > curvature_eps ||s|| ||y|| (the curvature condition of their Lemma 7; H_k = I/gamma if
+    none passes); p_k = -H_k g_k from the compact inverse; a line search along p_k.
+
+    Args:
+        params: parameters or groups (one flat vector).
+        memory: m, pairs sampled per step.
+        sample_radius: r, length of each sampled direction.
+        sampling: ``"hessian"`` (option II) or ``"gradient"`` (option I), see :class:`SampledLSR1`.
+        line_search: a line-search object (default :class:`StrongWolfe`), or ``None`` for a fixed step.
+        lr: initial trial step length (and the fixed step without a line search).
+        gamma: H_0 = I / gamma; ``"scaled"`` (y^T y / s^T y of the newest kept pair) or a float > 0.
+        curvature_eps: epsilon of the curvature test.
+        seed: seed of the direction generator, see :class:`SampledLSR1`.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        memory: int = 5,
+        sample_radius: float = 1.0,
+        sampling: Sampling = "hessian",
+        *,
+        line_search: LineSearch | Literal["default"] | None = "default",
+        lr: float = 1.0,
+        gamma: Literal["scaled"] | float = "scaled",
+        curvature_eps: float = 1e-8,
+        seed: int | None = None,
+    ) -> None:
+        check_sampling(memory, sample_radius, sampling)
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        defaults = dict(
+            memory=memory,
+            sample_radius=sample_radius,
+            sampling=sampling,
+            lr=lr,
+            gamma=gamma,
+            curvature_eps=curvature_eps,
+        )
+        super().__init__(params, defaults)
+        flat = self._flat
+        self.matrix = LBFGSMatrix(
+            memory, flat.numel, dtype=flat.dtype, device=flat.device, gamma=gamma, curvature_eps=curvature_eps
+        )
+        self._model = LimitedMemoryModel(self.matrix)
+        refresh = self._make_refresh(memory, sample_radius, sampling, seed)
+        search = StrongWolfe() if line_search == "default" else line_search
+        self._stepper = LineSearchStepper(self, self._model, search, lr=lr, refresh=refresh)  # type: ignore[arg-type]
+
+
+__all__ = ["SampledLBFGS", "SampledLSR1", "SampledPairs"]
