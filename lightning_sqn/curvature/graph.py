@@ -71,14 +71,23 @@ class GradientGraph:
         #: Hessian-vector products formed so far (a block of k counts k)
         self.products = 0
 
-    def hvp(self, V: Tensor) -> Tensor:
+    def hvp(self, V: Tensor, batched: bool | None = None) -> Tensor:
         """:math:`V H` for a block of row vectors ``V`` of shape ``(k, n)`` (or :math:`H v` for ``(n,)``).
 
-        One batched double backward; under several ranks the block is averaged once, so the result is
-        the product with the Hessian of the global mean loss.
+        Under several ranks the block is averaged once, so the result is the product with the Hessian
+        of the global mean loss.
+
+        Args:
+            V: the vectors (rows).
+            batched: one vmapped double backward for the block (``True``) or one double backward per
+                row (``False``). ``None``: batched except on CPU, where the vmapped backward measured
+                1.1-1.2x slower than the loop (``benchmarks/curvature_products.py``).
         """
-        HV = hvp_from_graph(self.grads, self.params, V.T if V.ndim == 2 else V)
-        HV = HV.T if V.ndim == 2 else HV  # (k, n), a view of the contiguous (k, n) result
+        if V.ndim == 2 and not (V.device.type != "cpu" if batched is None else batched):
+            HV = torch.stack([hvp_from_graph(self.grads, self.params, v) for v in V])
+        else:
+            HV = hvp_from_graph(self.grads, self.params, V.T if V.ndim == 2 else V)
+            HV = HV.T if V.ndim == 2 else HV  # (k, n), a view of the contiguous (k, n) result
         self.products += 1 if V.ndim == 1 else V.shape[0]
         if self.communicator is not None:
             HV = self.communicator.all_reduce_mean(HV)
