@@ -14,7 +14,8 @@ from lightning_sqn.qn.lbfgs import LBFGSMatrix
 from lightning_sqn.qn.lsr1 import LSR1Matrix
 from lightning_sqn.subproblem.exact import solve_exact
 from lightning_sqn.subproblem.obs import solve_obs
-from lightning_sqn.subproblem.result import TrustRegionResult
+from lightning_sqn.subproblem.result import SubproblemStatus, TrustRegionResult
+from lightning_sqn.subproblem.steihaug import solve_steihaug
 
 
 class LimitedMemoryModel:
@@ -103,6 +104,49 @@ class LimitedMemoryModel:
         self.matrix.load_state_dict(state)
 
 
+class SteihaugModel(LimitedMemoryModel):
+    """An :class:`LSR1Matrix` whose trust-region subproblem is solved by Steihaug-Toint truncated CG.
+
+    Products B v come from the compact form (two passes over the pair buffer each). B = gamma I plus
+    a rank-<= m term has at most m + 1 distinct eigenvalues, so CG ends within m + 1 iterations in
+    exact arithmetic; the cap defaults to 2 (m + 1). The result carries sigma = 0 and no eigenvalues
+    (CG does not know them); the truncated step does not satisfy (B + sigma I) s = -g, so this model
+    serves only methods that do not offer the step's own pair (sampled L-SR1).
+    """
+
+    def __init__(
+        self, matrix: LSR1Matrix, kappa: float = 0.1, theta: float = 0.5, max_iters: int | None = None
+    ) -> None:
+        super().__init__(matrix)
+        self.kappa, self.theta = kappa, theta
+        self.max_iters = 2 * (matrix.m + 1) if max_iters is None else max_iters
+
+    def solve(
+        self, g: Tensor, radius: Tensor, g_norm_sq: Tensor | None = None, out: Tensor | None = None
+    ) -> TrustRegionResult:
+        del g_norm_sq, out
+        res = solve_steihaug(
+            self.matrix.mv, g, radius, kappa=self.kappa, theta=self.theta, max_iters=self.max_iters
+        )
+        self.last_iterations = res.iterations
+        status = {
+            "converged": SubproblemStatus.INTERIOR,
+            "boundary": SubproblemStatus.BOUNDARY,
+            "negative_curvature": SubproblemStatus.NEGATIVE_CURVATURE,
+            "cap": SubproblemStatus.CAP,
+        }[res.reason]
+        device = g.device
+        return TrustRegionResult(
+            step=res.step,
+            sigma=torch.zeros((), dtype=g.dtype, device=device),
+            hit_boundary=torch.tensor(res.hit_boundary, device=device),
+            predicted_reduction=res.predicted_reduction,
+            status=torch.tensor(int(status), device=device),
+            eigenvalues=None,
+            step_norm=res.step_norm,
+        )
+
+
 class DenseModel:
     """A dense :class:`DenseSR1` / :class:`DenseBFGS` matrix; the subproblem is solved exactly (eigh)."""
 
@@ -143,4 +187,4 @@ class DenseModel:
         self.matrix.load_state_dict(state)
 
 
-__all__ = ["DenseModel", "LimitedMemoryModel"]
+__all__ = ["DenseModel", "LimitedMemoryModel", "SteihaugModel"]

@@ -23,7 +23,7 @@ from lightning_sqn.curvature.sampling import DirectionSampler, Sampling, check_s
 from lightning_sqn.globalization.linesearch import LineSearch, StrongWolfe
 from lightning_sqn.globalization.trust_region import TrustRegionPolicy
 from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
-from lightning_sqn.optim.models import LimitedMemoryModel
+from lightning_sqn.optim.models import LimitedMemoryModel, SteihaugModel
 from lightning_sqn.optim.steppers import LineSearchStepper, TrustRegionStepper
 from lightning_sqn.qn.lbfgs import LBFGSMatrix
 from lightning_sqn.qn.lsr1 import GammaChoice, LSR1Matrix
@@ -143,8 +143,8 @@ class SampledLSR1(_SampledBase):
 
     Each step: evaluate f and g at w_k (keeping the graph for option II); forget the memory and sample
     m pairs around w_k; keep those that pass the SR1 skip rule (with rank repair, as in L-SR1); solve
-    the trust-region subproblem for B_k (OBS, exact); evaluate f at w_k + p_k on the same batch;
-    accept if rho > eta and update the radius with
+    the trust-region subproblem for B_k (OBS, exact; or Steihaug-Toint CG); evaluate f at w_k + p_k
+    on the same batch; accept if rho > eta and update the radius with
     :class:`~lightning_sqn.globalization.trust_region.TrustRegionPolicy`.
 
     Args:
@@ -165,6 +165,9 @@ class SampledLSR1(_SampledBase):
         trust_region: acceptance and radius parameters.
         initial_radius: Delta_0; ``None`` for ||g(w_0)||.
         newton_iters: Newton iterations on the OBS secular equation.
+        subproblem: ``"obs"`` (exact solution, the default) or ``"steihaug"`` (Steihaug-Toint truncated
+            CG on B v products, as in the authors' code; no eigenvalues are reported then).
+        cg_max_iters: iteration cap of Steihaug CG (default 2 (m + 1)).
         seed: seed of the direction generator (``None``: drawn from the global generator on the first
             step; identical on all ranks either way).
     """
@@ -183,9 +186,18 @@ class SampledLSR1(_SampledBase):
         trust_region: TrustRegionPolicy | None = None,
         initial_radius: float | None = None,
         newton_iters: int = 30,
+        subproblem: Literal["obs", "steihaug"] = "obs",
+        cg_max_iters: int | None = None,
         seed: int | None = None,
     ) -> None:
         check_sampling(memory, sample_radius, sampling)
+        if subproblem not in ("obs", "steihaug"):
+            raise ValueError(
+                f"subproblem must be 'obs' (exact, Brust et al.) or 'steihaug' (truncated CG, as in the "
+                f"authors' code), got {subproblem!r}"
+            )
+        if cg_max_iters is not None and (not isinstance(cg_max_iters, int) or cg_max_iters < 1):
+            raise ValueError(f"cg_max_iters must be None or an integer >= 1, got {cg_max_iters!r}")
         if initial_radius is not None and not initial_radius > 0:
             raise ValueError(f"initial_radius must be > 0 or None (for ||g_0||), got {initial_radius!r}")
         if not isinstance(newton_iters, int) or newton_iters < 1:
@@ -197,6 +209,7 @@ class SampledLSR1(_SampledBase):
             gamma=gamma,
             gamma_init=gamma_init,
             skip_tol=skip_tol,
+            subproblem=subproblem,
         )
         super().__init__(params, defaults)
         flat = self._flat
@@ -211,7 +224,10 @@ class SampledLSR1(_SampledBase):
             skip_tol=skip_tol,
             rank_tol=rank_tol,
         )
-        self._model = LimitedMemoryModel(self.matrix, newton_iters)
+        if subproblem == "obs":
+            self._model = LimitedMemoryModel(self.matrix, newton_iters)
+        else:
+            self._model = SteihaugModel(self.matrix, max_iters=cg_max_iters)
         refresh = self._make_refresh(memory, sample_radius, sampling, seed)
         self._stepper = TrustRegionStepper(
             self, self._model, trust_region or TrustRegionPolicy(), initial_radius, refresh=refresh

@@ -151,7 +151,9 @@ class TrustRegionStepper:
             flat.set_params(torch.where(accepted, self.x_trial, x, out=self.x))
         # the trial point is the latest evaluation (sampling may have evaluated in between)
         opt._commit_running_stats(accepted, if_accepted=opt._evals_this_step - 1, if_rejected=0)
-        eig_min, eig_max, negative = spectrum_stats(res.eigenvalues)
+        eig_min, eig_max, negative = (
+            (None, None, None) if res.eigenvalues is None else spectrum_stats(res.eigenvalues)
+        )
         stats = StepStats(
             loss=f0,
             closure_evals=opt._evals_this_step,

@@ -18,6 +18,8 @@ class SubproblemStatus(IntEnum):
     BOUNDARY = 1  #: ||p|| = radius with sigma > 0 from the secular equation
     HARD_CASE = 2  #: g has no component on the eigenspace of lambda_min < 0; eigen-direction added
     ZERO_GRADIENT = 3  #: g = 0 and B positive semidefinite: p = 0
+    NEGATIVE_CURVATURE = 4  #: truncated CG met p^T B p <= 0 and went to the boundary along p
+    CAP = 5  #: truncated CG stopped at its iteration cap inside the region
 
 
 @dataclass
@@ -35,7 +37,8 @@ class TrustRegionResult:
         status: :class:`SubproblemStatus` value as an int64 tensor.
         eigenvalues: the eigenvalues of B that the solver knows, ascending (for L-SR1 the distinct
             eigenvalues lambda_1..lambda_r of the parallel space followed by gamma, of multiplicity
-            n - r; for dense solvers all n eigenvalues). Callers log min/max/negative count.
+            n - r; for dense solvers all n eigenvalues; ``None`` for truncated CG, which does not
+            know them). Callers log min/max/negative count.
         step_norm: ||p||_2.
     """
 
@@ -44,7 +47,7 @@ class TrustRegionResult:
     hit_boundary: Tensor
     predicted_reduction: Tensor
     status: Tensor
-    eigenvalues: Tensor
+    eigenvalues: Tensor | None
     step_norm: Tensor
     #: (c_g, c) with step = c_g g + [S Y] c, for solvers working on a pair memory (else None)
     coefficients: tuple[Tensor, Tensor] | None = None

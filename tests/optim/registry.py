@@ -149,6 +149,14 @@ OPTIMIZER_CASES: list[OptimizerCase] = [
         trial_call=5,
     ),
     OptimizerCase(
+        "sampled_lsr1_steihaug",
+        lambda p: lightning_sqn.SampledLSR1(p, memory=3, sample_radius=0.1, subproblem="steihaug", seed=0),
+        trust_region=True,
+        nan_trial="reject",
+        group_option=("subproblem", "obs"),
+        sampled=True,
+    ),
+    OptimizerCase(
         "sampled_lbfgs_hessian",
         lambda p: lightning_sqn.SampledLBFGS(p, memory=3, sample_radius=0.1, sampling="hessian", seed=0),
         trust_region=False,

@@ -191,3 +191,37 @@ def test_toy_networks_reach_full_training_accuracy(size: str) -> None:
     with torch.no_grad():
         assert bool((model(X).argmax(1) == y).all())
     assert opt.counters.closure_evals == 2 * opt.counters.steps
+
+
+def test_steihaug_subproblem_matches_obs_in_the_interior_and_respects_the_radius() -> None:
+    # SPD quadratic, m = n Hessian pairs: B = A. With a large radius both solvers give the Newton step;
+    # with a small one Steihaug stays within the radius and decreases the model.
+    g = torch.Generator().manual_seed(4)
+    Q = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    A = Q @ Q.T + torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    for radius in (1e3, 0.05):
+        steps = {}
+        for subproblem in ("obs", "steihaug"):
+            x = nn.Parameter(torch.zeros(6, dtype=torch.float64))
+            opt = lightning_sqn.SampledLSR1(
+                [x], memory=6, initial_radius=radius, subproblem=subproblem, seed=0
+            )
+            opt.step(_closure(opt, lambda x=x: 0.5 * x @ A @ x - b @ x))
+            record = opt.last_step.as_dict()
+            assert record["step_norm"] <= radius * (1 + 1e-12)
+            assert record["predicted_reduction"] > 0
+            steps[subproblem] = (x.detach().clone(), record)
+        if radius > 1:
+            torch.testing.assert_close(steps["obs"][0], torch.linalg.solve(A, b), rtol=1e-9, atol=1e-10)
+            # truncated CG stops inside once ||A s - b|| <= ||b|| min(0.1, ||b||^0.5) (Krylov rule)
+            residual = torch.linalg.vector_norm(A @ steps["steihaug"][0] - b)
+            assert residual <= torch.linalg.vector_norm(b) * min(0.1, float(b.norm()) ** 0.5)
+            assert steps["steihaug"][1]["subproblem_status"] == 0  # interior
+        else:
+            assert steps["steihaug"][1]["subproblem_status"] == 1  # boundary
+            # the exact solution decreases the model at least as much as truncated CG
+            assert (
+                steps["obs"][1]["predicted_reduction"] >= steps["steihaug"][1]["predicted_reduction"] - 1e-12
+            )
+        assert "eig_min" not in steps["steihaug"][1]
