@@ -1,0 +1,231 @@
+r"""Image classification as trained in Ramamurthy & Duffy (2017), Section 4: one LightningModule for every
+optimizer compared there.
+
+The objective is the mean softmax cross entropy of the mini-batch plus an L2 term on all trainable
+parameters (the appendix: "the network was trained with L2 regularization with parameter 0.0001" on
+MNIST, 0.001 on CIFAR10),
+
+.. math::
+
+    f(w) = \frac{1}{b}\sum_{i=1}^{b} \operatorname{CE}(h_w(x_i), y_i) + \frac{\lambda}{2}\,\|w\|_2^2 ,
+
+with :math:`\lambda` = ``weight_decay``. Its gradient adds :math:`\lambda w`, exactly what
+``torch.optim.SGD(weight_decay=λ)`` adds, so for the first-order methods this is the usual weight decay
+(for Adam it is L2, not AdamW's decoupled decay), and the quasi-Newton methods see the same objective in
+every closure evaluation, trial points included.
+
+The paper reports the test error after every epoch ("test loss was measured as multi-class error
+count"); here it is computed by Lightning's *validation* loop, so the DataModule's ``val_dataloader``
+must return the test set, as :class:`~lightning_sqn.problems.data.TensorDataModule` and its subclasses do
+when no validation split is asked for (``trainer.test`` reports the same numbers through
+``test_dataloader``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_sqn.problems.optimizers import OPTIMIZERS, build_optimizer, needs_closure
+
+
+class ClassificationTask(pl.LightningModule):
+    r"""Train ``model`` with one of the optimizers of :data:`~lightning_sqn.problems.optimizers.OPTIMIZERS`.
+
+    Works with Lightning's automatic optimization for closure optimizers (``Trainer(strategy="sqn")`` or
+    ``"ddp_sqn"``, which evaluate ``training_step`` several times per step) and first-order ones alike.
+
+    Logged (all through ``self.log``, so at Lightning's step with an ``epoch`` tag alongside):
+
+    * ``train/loss`` per step: the cross entropy of the step's mini-batch at :math:`x_k`, i.e. from the
+      first ``training_step`` call of the step (a closure optimizer calls it again at trial points;
+      those calls are not logged). Mean over ranks under DDP.
+    * ``train/objective`` per step, when ``weight_decay > 0``: cross entropy plus the L2 term, the
+      :math:`f(x_k)` the optimizer sees.
+    * ``test/error`` per epoch: misclassification rate in percent, :math:`100\,(1 - \text{accuracy})`,
+      from ``MulticlassAccuracy(average="micro")`` over the whole evaluation set (states summed over ranks).
+    * ``test/loss`` per epoch: mean cross entropy over the evaluation set (without the L2 term).
+    * ``train/epoch_time`` per epoch: wall-clock seconds of the training epoch, evaluation excluded
+      (maximum over ranks), and ``train/time``: their running sum over the fit (kept in checkpoints).
+
+    Args:
+        model: maps a batch of inputs to logits of shape ``(batch, num_classes)``.
+        optimizer: a name of :data:`~lightning_sqn.problems.optimizers.OPTIMIZERS`.
+        optimizer_options: keyword overrides for
+            :func:`~lightning_sqn.problems.optimizers.build_optimizer` (``None``: the paper's defaults).
+        weight_decay: :math:`\lambda` of the L2 term :math:`\frac{\lambda}{2}\|w\|^2` in the loss.
+        lr_milestones: epochs at which the learning rate is multiplied by ``lr_gamma``
+            (``torch.optim.lr_scheduler.MultiStepLR``; the first-order ResNet baseline uses ``[80, 120]``).
+        lr_gamma: the factor of ``lr_milestones``.
+        num_classes: the number of classes of the error metric.
+
+    Raises:
+        ValueError: unknown optimizer or option (see ``build_optimizer``); ``weight_decay`` in
+            ``optimizer_options`` (it belongs to the loss here); ``weight_decay < 0``; ``lr_milestones``
+            with a quasi-Newton optimizer (they have no learning rate to schedule) or not increasing
+            positive integers.
+
+    Example::
+
+        >>> from torch import nn
+        >>> from lightning_sqn.problems.task import ClassificationTask
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        >>> task = ClassificationTask(net, optimizer="nag", optimizer_options={"lr": 0.01}, weight_decay=1e-4)
+        >>> task.hparams.optimizer, task.hparams.weight_decay
+        ('nag', 0.0001)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: str = "lsr1",
+        optimizer_options: dict[str, Any] | None = None,
+        weight_decay: float = 0.0,
+        lr_milestones: Sequence[int] | None = None,
+        lr_gamma: float = 0.1,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        options = dict(optimizer_options or {})
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid names: {', '.join(OPTIMIZERS)}")
+        if "weight_decay" in options:
+            raise ValueError(
+                "pass weight_decay to ClassificationTask(weight_decay=...), not in optimizer_options: the "
+                "task adds weight_decay/2 * ||w||^2 to the loss (the paper's L2), and a second "
+                "decay inside the optimizer would count it twice"
+            )
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if lr_milestones is not None:
+            if needs_closure(optimizer):
+                raise ValueError(
+                    f"lr_milestones schedule a learning rate, which the quasi-Newton optimizer {optimizer!r} "
+                    "does not have (its step length comes from the trust region or line search); use them "
+                    "with 'sgd', 'momentum', 'nag', 'adadelta' or 'adam'"
+                )
+            milestones = list(lr_milestones)
+            if not all(isinstance(m, int) and m > 0 for m in milestones) or milestones != sorted(
+                set(milestones)
+            ):
+                raise ValueError(f"lr_milestones must be increasing positive integers, got {lr_milestones!r}")
+        if not lr_gamma > 0:
+            raise ValueError(f"lr_gamma must be > 0, got {lr_gamma!r}")
+        # fail now, not at fit start, on an unknown option or an invalid value
+        build_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], **options)
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_loss = MeanMetric()
+        self._logged_batch: int | None = None
+        self._train_time = 0.0
+        self._epoch_start = 0.0
+        self._eval_time = 0.0
+        self._eval_start = 0.0
+
+    # ------------------------------------------------------------------ objective
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def l2_penalty(self) -> Tensor:
+        r""":math:`\frac{\lambda}{2}\|w\|_2^2` over all trainable parameters (biases and normalisation
+        weights included, as ``torch.optim``'s ``weight_decay``); a zero tensor when :math:`\lambda = 0`."""
+        lam = float(self.hparams.weight_decay)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if lam == 0.0 or not params:
+            return torch.zeros((), device=self.device)
+        return 0.5 * lam * torch.stack([p.pow(2).sum() for p in params]).sum()
+
+    def sqn_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """The objective on ``batch`` (mean cross entropy + L2) without logging; what
+        :class:`~lightning_sqn.callbacks.BatchSizeScheduler`'s norm test differentiates."""
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y) + self.l2_penalty()
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        objective = loss + self.l2_penalty() if self.hparams.weight_decay > 0 else loss
+        # A closure optimizer calls training_step at x_k and again at trial points of the same batch:
+        # log the first call only, so train/loss is f(x_k) as for a first-order method. Every rank makes
+        # the same calls (ddp_sqn), so the sync_dist all-reduce happens on all ranks or none.
+        if batch_idx != self._logged_batch:
+            self._logged_batch = batch_idx
+            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, sync_dist=True)
+            if self.hparams.weight_decay > 0:
+                self.log("train/objective", objective.detach(), on_step=True, on_epoch=False, sync_dist=True)
+        return objective
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: tuple[Tensor, Tensor]) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_accuracy.update(logits, y)
+        self.val_loss.update(nn.functional.cross_entropy(logits, y), weight=y.shape[0])
+
+    def _eval_epoch_end(self) -> None:
+        # compute() reduces the metric states over ranks, so the logged numbers are global
+        error = 100.0 * (1.0 - self.val_accuracy.compute())
+        self.log("test/error", error, sync_dist=True)
+        self.log("test/loss", self.val_loss.compute(), sync_dist=True)
+        self.val_accuracy.reset()
+        self.val_loss.reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end()
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end()
+
+    # ------------------------------------------------------------------ wall time
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+        self._eval_time = 0.0
+        self._logged_batch = None
+
+    def on_validation_start(self) -> None:
+        self._eval_start = time.perf_counter()
+
+    def on_validation_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._eval_time += time.perf_counter() - self._eval_start
+
+    def on_train_epoch_end(self) -> None:
+        elapsed = time.perf_counter() - self._epoch_start - self._eval_time
+        self._train_time += elapsed
+        self.log("train/epoch_time", elapsed, sync_dist=True, reduce_fx="max")
+        self.log("train/time", self._train_time, sync_dist=True, reduce_fx="max")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["classification_task"] = {"train_time": self._train_time}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._train_time = float(checkpoint.get("classification_task", {}).get("train_time", 0.0))
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(
+            self.hparams.optimizer, self.parameters(), **(self.hparams.optimizer_options or {})
+        )
+        if self.hparams.lr_milestones is None:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(self.hparams.lr_milestones), gamma=self.hparams.lr_gamma
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+__all__ = ["ClassificationTask"]
