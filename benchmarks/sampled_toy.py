@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", "Using backward\\(\\) with create_graph=True")
-    print("| network (d) | method | iterations to 100% | f+g evaluations | Hv products | final loss | time (s) |")
+    columns = ("iterations to 100%", "f+g evaluations", "Hv products", "final loss", "time (s)")
+    print("| network (d) | method | " + " | ".join(columns) + " |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for size in args.sizes:
         for name in METHODS:

@@ -5,6 +5,8 @@ Optimizers (all closure-driven ``torch.optim.Optimizer`` subclasses over one fla
 * :class:`LSR1`: limited-memory SR1 with a trust region (OBS subproblem) or a line search.
 * :class:`LBFGS`: limited-memory BFGS (compact form) with a line search and optional forgetting.
 * :class:`BFGS`, :class:`SR1`: dense variants for tiny models.
+* :class:`HessianFree`: Martens' Hessian-free optimization (damped GGN or Hessian products, CG).
+* :class:`TrustRegionNewton`: trust-region Newton in an RMSProp / Adagrad ellipsoid (Kohler et al.).
 """
 
 from lightning_sqn.callbacks import BatchSizeScheduler, SkippedUpdateCounter, TrustRegionMonitor
@@ -15,10 +17,12 @@ from lightning_sqn.optim import (
     LBFGS,
     LSR1,
     SR1,
+    HessianFree,
     NonFiniteLossError,
     SampledLBFGS,
     SampledLSR1,
     StepStats,
+    TrustRegionNewton,
 )
 
 __version__ = "0.1.0"
@@ -31,6 +35,7 @@ __all__ = [
     "ArmijoBacktracking",
     "BatchSizeScheduler",
     "GuardCallback",
+    "HessianFree",
     "NonFiniteLossError",
     "SQNDDPStrategy",
     "SQNSingleDeviceStrategy",
@@ -40,6 +45,7 @@ __all__ = [
     "StepStats",
     "StrongWolfe",
     "TrustRegionMonitor",
+    "TrustRegionNewton",
     "TrustRegionPolicy",
     "__version__",
     "check_trainer",

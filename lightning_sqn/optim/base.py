@@ -82,6 +82,14 @@ class StepStats:
     pairs_sampled: int | None = None  #: curvature pairs sampled at x_k (sampled quasi-Newton)
     pairs_kept: Tensor | None = None  #: sampled pairs that passed the SR1 / BFGS test
     hessian_products: int | None = None  #: Hessian-vector products formed in this step
+    #: products with the curvature matrix (GGN or Hessian) formed in this step (Hessian-free, TR Newton)
+    curvature_products: int | None = None
+    damping: Tensor | None = None  #: Levenberg-Marquardt lambda used in this step (Hessian-free)
+    cg_iterations: int | None = None  #: (truncated) CG iterations of the step's inner solve
+    #: why the inner CG stopped, a :class:`~lightning_sqn.optim.hessian_free.KrylovExit` code
+    cg_reason: int | None = None
+    backtrack_index: int | None = None  #: CG iteration of the iterate chosen by CG backtracking
+    warmup: bool | None = None  #: a first-order warm-up step (trust-region Newton)
 
     def as_dict(self) -> dict[str, float | int | bool | str]:
         out: dict[str, float | int | bool | str] = {}

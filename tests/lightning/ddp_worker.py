@@ -67,6 +67,20 @@ class Regression(L.LightningModule):
             )
         if self.optimizer_name == "slbfgs_hessian":
             return lightning_sqn.SampledLBFGS(self.parameters(), memory=4, sample_radius=0.1, seed=3)
+        if self.optimizer_name in ("hessian_free_ggn", "hessian_free_hessian"):
+            curvature = self.optimizer_name.removeprefix("hessian_free_")
+            # A short CG (cap 6): run to Martens' progress rule, CG's last iterates differ in the loss
+            # only at ~1e-12, so CG backtracking compares near-ties, and the rounding difference between
+            # the all-reduced and the single-process sums can flip its choice (both choices are right).
+            opt = lightning_sqn.HessianFree(
+                self.parameters(), curvature=curvature, loss="mse", max_cg_iters=6
+            )
+            # training_step calls self.net(x), not self(x): watch the network itself (GGN products and
+            # the per-example gradients of the preconditioner, on each rank's shard)
+            opt.watch_module(self.net)
+            return opt
+        if self.optimizer_name == "trust_region_newton":
+            return lightning_sqn.TrustRegionNewton(self.parameters(), norm="rmsprop")
         return lightning_sqn.LBFGS(self.parameters(), memory=5)
 
     def train_dataloader(self):
@@ -196,13 +210,27 @@ def products(rank: int, world: int) -> dict:
     return {"HV": GradientGraph(grads, params, comm).hvp(V), "V": V}
 
 
+#: The optimizer configurations ``run`` knows; each is compared rank-by-rank with one process.
+OPTIMIZER_CASES = (
+    "lsr1_tr",
+    "lsr1_ls",
+    "lbfgs",
+    "slsr1_hessian",
+    "slsr1_gradient",
+    "slbfgs_hessian",
+    "hessian_free_ggn",
+    "hessian_free_hessian",
+    "trust_region_newton",
+)
+
+
 def main() -> None:
     out = sys.argv[1]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     torch.set_num_threads(1)
     results = {}
-    for optimizer in ("lsr1_tr", "lsr1_ls", "lbfgs", "slsr1_hessian", "slsr1_gradient", "slbfgs_hessian"):
+    for optimizer in OPTIMIZER_CASES:
         results[optimizer] = run(optimizer, False, rank, world)
     results["lsr1_tr_skewed"] = run("lsr1_tr", True, rank, world)
     results["callbacks"] = run_callbacks(rank, world)

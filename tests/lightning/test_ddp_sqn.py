@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_worker import OPTIMIZER_CASES
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -61,9 +62,7 @@ def runs(tmp_path_factory) -> tuple[dict, list[dict]]:
     return single, ranks
 
 
-@pytest.mark.parametrize(
-    "case", ["lsr1_tr", "lsr1_ls", "lbfgs", "slsr1_hessian", "slsr1_gradient", "slbfgs_hessian"]
-)
+@pytest.mark.parametrize("case", OPTIMIZER_CASES)
 def test_two_ranks_equal_one_process_with_the_double_batch(runs, case) -> None:
     single, ranks = runs
     ref = single[case]

@@ -164,6 +164,36 @@ OPTIMIZER_CASES: list[OptimizerCase] = [
         group_option=("memory", 2),
         sampled=True,
     ),
+    # Hessian-free: the registry's closures are not a watched network (no GGN capture), so the graph
+    # route without the preconditioner. A NaN at call 2 (the last stored CG iterate) is passed over by
+    # CG backtracking and the line search. There is no pair memory, so, as for the sampled methods,
+    # the step never stores a pair (``sampled=True`` makes the line-search contract expect that).
+    OptimizerCase(
+        "hessian_free_hessian",
+        lambda p: lightning_sqn.HessianFree(p, curvature="hessian", preconditioner=False),
+        trust_region=False,
+        nan_trial="backtrack",
+        group_option=("damping", 2.0),
+        sampled=True,
+    ),
+    # Trust-region Newton: two evaluations per step. Its rejection of a NaN trial point is what the
+    # "restart" branch of the line-search contract checks (two calls, x unchanged, nothing stored, an
+    # empty memory); it has no pair memory to count skips in, so it cannot use the "reject" branch
+    # (tests/optim/test_trust_region_newton.py checks the radius after a NaN trial point).
+    OptimizerCase(
+        "trust_region_newton_rmsprop",
+        lambda p: lightning_sqn.TrustRegionNewton(p, norm="rmsprop"),
+        trust_region=True,
+        nan_trial="restart",
+        group_option=("eta2", 0.9),
+    ),
+    OptimizerCase(
+        "trust_region_newton_uniform_warmup",
+        lambda p: lightning_sqn.TrustRegionNewton(p, norm="uniform", warmup_steps=2, lr=0.05),
+        trust_region=False,  # the two warm-up steps evaluate once
+        nan_trial="restart",
+        group_option=("warmup_steps", 1),
+    ),
 ]
 
 TRUST_REGION_CASES = [c for c in OPTIMIZER_CASES if c.nan_trial == "reject"]
@@ -244,6 +274,36 @@ def backward(loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
             loss.backward(create_graph=True)
     else:
         loss.backward()
+
+
+def extended_rosenbrock(x: Tensor) -> Tensor:
+    """sum_i 100 (x_{2i} - x_{2i-1}^2)^2 + (1 - x_{2i-1})^2 (MGH problem 21); minimum 0 at (1, ..., 1)."""
+    a, b = x[0::2], x[1::2]
+    return (100.0 * (b - a**2) ** 2 + (1.0 - a) ** 2).sum()
+
+
+def minimize_rosenbrock(
+    make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer], n: int, max_steps: int
+) -> Tensor:
+    """Steps ``make_optimizer`` from (-1.2, 1, ...) on the extended Rosenbrock function until the
+    independently recomputed ||grad f|| <= 1e-6 (or ``max_steps``); asserts it got there at (1, ..., 1)."""
+    x = nn.Parameter(torch.tensor([-1.2, 1.0] * (n // 2), dtype=torch.float64))
+    opt = make_optimizer([x])
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        f = extended_rosenbrock(x)
+        backward(f, opt)
+        return f
+
+    for _ in range(max_steps):
+        opt.step(closure)
+        (gx,) = torch.autograd.grad(extended_rosenbrock(x), x)
+        if gx.norm() <= 1e-6:
+            break
+    assert gx.norm() <= 1e-6
+    torch.testing.assert_close(x.detach(), torch.ones(n, dtype=torch.float64), rtol=0, atol=1e-5)
+    return x.detach()
 
 
 def full_loss(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> float:

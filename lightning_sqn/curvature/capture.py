@@ -1,0 +1,313 @@
+"""The network's input and output at x_k, captured from the closure: GGN products, per-example gradients.
+
+Generalized Gauss-Newton products :math:`G v = J^\\top H_\\ell J v` (Schraudolph 2002; Martens' slide
+"The Gauss-Newton matrix") need the network :math:`f` and its input, not only the scalar loss the
+closure returns. :class:`ForwardCapture` is a forward hook on the watched module (in Lightning the
+LightningModule, because ``training_step`` usually calls ``self(x)``; in plain PyTorch the model given
+to ``optimizer.watch_module(model)``). While armed it records the positional inputs and the output of
+each call, and a tensor hook on the output records :math:`e = \\partial L / \\partial z` when the
+closure runs its backward. The optimizer arms it for the evaluation at x_k only.
+
+From one recorded call (:meth:`ForwardCapture.batch`) :class:`FunctionalModule` re-evaluates the module
+as a function of the optimizer's parameters with :func:`torch.func.functional_call` (parameters the
+optimizer does not own and buffers are held fixed; the module's current mode is used, so BatchNorm in
+training mode normalises with the batch statistics and dropout draws new masks), which gives
+
+* :func:`ggn_matvec`: :math:`v \\mapsto G_K v` for the mean loss over the first ``K`` examples
+  (Martens' curvature mini-batch), with the linearisation (:func:`torch.func.vjp`) built once and one
+  :func:`torch.func.jvp` plus one pullback per product;
+* :func:`fisher_diagonal`: :math:`\\frac1K \\sum_{i<K} \\nabla \\ell_i \\odot \\nabla \\ell_i`, the
+  diagonal of the empirical Fisher matrix from per-example gradients (vmapped :func:`torch.func.grad`
+  in chunks), the ingredient of Martens' preconditioner.
+
+Everything here is functional (no autograd graph kept by the closure), so it works on the unwrapped
+module under DDP; the caller averages the results over ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+
+from lightning_sqn._flat import FlatParams
+from lightning_sqn.curvature.ggn import LOSSES, GGNLoss, output_hessian_vp
+
+#: what a user can do when the module's forward was not captured as needed
+CAPTURE_HINTS = (
+    "In Lightning call the LightningModule itself in training_step (`logits = self(x)`, with forward "
+    "running the network), or call `optimizer.watch_module(self.net)` in configure_optimizers for the "
+    "submodule that maps the input to the loss input; in plain PyTorch call `optimizer.watch_module(model)` "
+    "once after building the optimizer. Or use curvature='hessian' (products from the gradient's graph, "
+    "no capture needed) and, without a watched module, preconditioner=False."
+)
+
+#: elements of one chunk of per-example gradients (``chunk x n``): 2**25 float32 values are 128 MiB
+PER_EXAMPLE_ELEMENTS = 2**25
+
+
+class CaptureError(RuntimeError):
+    """The watched module's forward at x_k was not captured in a usable form (see the message)."""
+
+
+@dataclass
+class CapturedBatch:
+    """One recorded forward call of the watched module.
+
+    Attributes:
+        inputs: the single positional input ``X`` (detached), batch on dim 0.
+        output: ``z = f(X)`` (detached).
+        output_grad: ``e = dL/dz`` from the closure's backward (detached), or ``None`` if the backward
+            did not reach the output.
+    """
+
+    inputs: Tensor
+    output: Tensor
+    output_grad: Tensor | None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def curvature_size(self, fraction: float) -> int:
+        """``K = ceil(fraction * B)`` (at least 1): the examples the curvature products use."""
+        return max(1, math.ceil(round(fraction * self.batch_size, 9)))
+
+
+class ForwardCapture:
+    """Forward hook recording the inputs and output of ``module`` while armed.
+
+    Args:
+        module: the module to watch (its forward hook is registered at once; :meth:`remove` drops it).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"watch_module needs a torch.nn.Module, got {type(module).__name__}")
+        self.module = module
+        self.armed = False
+        self._calls: list[tuple[tuple[Any, ...], dict[str, Any], Any]] = []
+        self._grads: dict[int, Tensor] = {}
+        self._handle = module.register_forward_hook(self._hook, with_kwargs=True)
+
+    def arm(self) -> None:
+        """Forget earlier records and record the next calls."""
+        self.clear()
+        self.armed = True
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def clear(self) -> None:
+        self._calls, self._grads = [], {}
+
+    def remove(self) -> None:
+        """Remove the hook from the module."""
+        self.disarm()
+        self.clear()
+        self._handle.remove()
+
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if not self.armed:
+            return
+        index = len(self._calls)
+        self._calls.append((args, kwargs, output))
+        if isinstance(output, Tensor) and output.requires_grad:
+
+            def keep(grad_output: Tensor, index: int = index) -> None:
+                self._grads[index] = grad_output.detach()
+
+            output.register_hook(keep)
+
+    def batch(self, what: str) -> CapturedBatch:
+        """The single recorded call, validated; ``what`` names the consumer in error messages.
+
+        Raises:
+            CaptureError: no call was recorded, more than one, or its input/output is not a single
+                batched tensor.
+        """
+        name = type(self.module).__name__
+        if not self._calls:
+            raise CaptureError(
+                f"{what} needs the input and output of the watched module ({name}) at the current "
+                f"parameters, but the closure never called that module. {CAPTURE_HINTS}"
+            )
+        if len(self._calls) > 1:
+            raise CaptureError(
+                f"{what} needs one forward call of the watched module ({name}) per closure evaluation, but "
+                f"the closure called it {len(self._calls)} times, so the loss is not a function of one "
+                f"network output. Watch the submodule that is called once. {CAPTURE_HINTS}"
+            )
+        args, kwargs, output = self._calls[0]
+        if len(args) != 1 or not isinstance(args[0], Tensor) or kwargs:
+            kinds = [type(a).__name__ for a in args] + [f"{k}=" for k in kwargs]
+            raise CaptureError(
+                f"{what} re-evaluates the watched module ({name}) on its captured input, which must be a "
+                f"single positional tensor; the closure called it with ({', '.join(kinds)}). {CAPTURE_HINTS}"
+            )
+        inputs = args[0]
+        if not isinstance(output, Tensor):
+            raise CaptureError(
+                f"{what} needs the watched module ({name}) to return one tensor (the input of the loss), "
+                f"got {type(output).__name__}. {CAPTURE_HINTS}"
+            )
+        if inputs.ndim == 0 or output.ndim == 0 or output.shape[0] != inputs.shape[0]:
+            raise CaptureError(
+                f"{what} needs batched input and output of the watched module ({name}) with the examples "
+                f"on dim 0, got input {tuple(inputs.shape)} and output {tuple(output.shape)}."
+            )
+        return CapturedBatch(inputs.detach(), output.detach(), self._grads.get(0))
+
+
+class FunctionalModule:
+    """``module`` as a function of the optimizer's parameters, in the flat layout of ``flat``.
+
+    Parameters of ``module`` that the optimizer does not own are held at their current values (the
+    curvature then is the principal block of the optimizer's parameters); buffers are passed through.
+
+    Args:
+        module: the watched (unwrapped) module.
+        flat: the optimizer's flat parameters; each must be a parameter of ``module``.
+
+    Raises:
+        ValueError: if an optimized parameter is not a parameter of ``module``.
+    """
+
+    def __init__(self, module: nn.Module, flat: FlatParams) -> None:
+        index = {id(p): i for i, p in enumerate(flat.params)}
+        named = list(module.named_parameters(remove_duplicate=False))  # tied weights under every name
+        owned = {id(p) for _, p in named}
+        missing = [i for i, p in enumerate(flat.params) if id(p) not in owned]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} of the optimizer's {len(flat.params)} parameter tensors are not parameters "
+                f"of the watched module {type(module).__name__}, so the network output does not depend on "
+                "them and their Gauss-Newton block is unknown. Watch the module that owns all optimized "
+                "parameters, or use curvature='hessian'."
+            )
+        self.module = module
+        self.flat = flat
+        #: name -> position of the primal, for every name of an optimized parameter
+        self.alias = {n: index[id(p)] for n, p in named if id(p) in index}
+        self.fixed = {n: p.detach() for n, p in named if id(p) not in index}
+        self.buffers = dict(module.named_buffers())
+
+    def primals(self) -> tuple[Tensor, ...]:
+        """The optimized parameters (detached), one tensor per parameter."""
+        return tuple(p.detach() for p in self.flat.params)
+
+    def __call__(self, primals: tuple[Tensor, ...], inputs: Tensor) -> Tensor:
+        params = dict(self.fixed)
+        params.update((name, primals[i]) for name, i in self.alias.items())
+        return functional_call(self.module, (params, self.buffers), (inputs,))
+
+    def tangents(self, v: Tensor) -> tuple[Tensor, ...]:
+        """A flat vector as per-parameter tangents in the parameters' dtypes."""
+        return tuple(t.to(p.dtype) for t, p in zip(self.flat.views(v), self.flat.params, strict=True))
+
+
+def ggn_matvec(fmod: FunctionalModule, loss: GGNLoss, inputs: Tensor) -> Callable[[Tensor], Tensor]:
+    """:math:`v \\mapsto G v` with :math:`G = J^\\top H_\\ell J` of the mean loss over ``inputs``.
+
+    The same product as :func:`~lightning_sqn.curvature.ggn.ggn_vp` (one column), with the reverse-mode
+    linearisation :math:`J^\\top` (:func:`torch.func.vjp`, which keeps the forward's activations) built
+    once here and reused by every product; each product then costs one :func:`torch.func.jvp` (the
+    forward with its tangent) and one pullback. :math:`H_\\ell` in closed form
+    (:func:`~lightning_sqn.curvature.ggn.output_hessian_vp`; mean reduction over the examples of
+    ``inputs``, so with ``inputs`` the first ``K`` examples of the batch this is Martens' curvature
+    mini-batch :math:`G_K`).
+
+    Args:
+        fmod: the module as a function of the optimized parameters.
+        loss: ``"cross_entropy"``, ``"mse"`` or ``"bce_with_logits"`` (mean reduction).
+        inputs: the network input (examples on dim 0).
+
+    Returns:
+        ``v -> G v`` on flat vectors in the optimizer's layout and state dtype.
+
+    Raises:
+        ValueError: for an unknown ``loss``.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    primals = fmod.primals()
+
+    def forward(*ps: Tensor) -> Tensor:
+        return fmod(ps, inputs)
+
+    z, pullback = vjp(forward, *primals)
+    z = z.detach()
+
+    def matvec(v: Tensor) -> Tensor:
+        _, Jv = jvp(forward, primals, fmod.tangents(v))
+        HJv = output_hessian_vp(loss, z, Jv.unsqueeze(0))[0]
+        return fmod.flat.flatten(pullback(HJv.to(z.dtype)))
+
+    return matvec
+
+
+def fisher_diagonal(fmod: FunctionalModule, batch: CapturedBatch, num_examples: int) -> Tensor:
+    """Diagonal of the empirical Fisher matrix of the first ``K = num_examples`` examples.
+
+    With the closure's loss :math:`L = \\frac1B \\sum_{i=1}^B \\ell_i` (mean over the ``B`` examples of
+    the batch) and :math:`e_i = \\partial L / \\partial z_i` captured from its backward, the gradient of
+    the ``i``-th term :math:`f_i = \\ell_i / B` (Martens' ``f = sum_i f_i``) is
+    :math:`\\nabla f_i = J_i^\\top e_i`, the gradient of :math:`\\langle f(x_i), e_i \\rangle`; it needs
+    neither the targets nor the loss function. Returned is
+
+    .. math::
+
+        D = \\frac1K \\sum_{i<K} \\nabla \\ell_i \\odot \\nabla \\ell_i
+          = \\frac{B^2}{K} \\sum_{i<K} \\nabla f_i \\odot \\nabla f_i,
+
+    Martens' ``diag(sum_i grad f_i^2)`` (slide "Our HF method": the preconditioner) for his summed
+    objective, rescaled to our mean loss, i.e. on the scale of :math:`G` and the damping
+    :math:`\\lambda` for any batch size. The per-example gradients are computed by
+    ``vmap(grad(...))`` over chunks of examples (``chunk * n <=`` :data:`PER_EXAMPLE_ELEMENTS`), each
+    example forwarded alone: this assumes examples do not interact in the forward (no BatchNorm in
+    training mode) and the loss is a mean of per-example terms.
+
+    Args:
+        fmod: the module as a function of the optimized parameters.
+        batch: the captured call (with ``output_grad``).
+        num_examples: ``K``.
+
+    Raises:
+        CaptureError: if the closure's backward did not reach the captured output.
+    """
+    if batch.output_grad is None:
+        raise CaptureError(
+            "the preconditioner needs dL/dz at the watched module's output, but the closure's backward did "
+            "not reach it (is the loss computed from the module's output, and does the closure call "
+            "backward?). Or pass preconditioner=False."
+        )
+    B, K = batch.batch_size, num_examples
+    X, E = batch.inputs[:K], batch.output_grad[:K]
+    primals = fmod.primals()
+
+    def inner(ps: tuple[Tensor, ...], x: Tensor, e: Tensor) -> Tensor:
+        z = fmod(ps, x.unsqueeze(0))
+        return (z * e.unsqueeze(0).to(z.dtype)).sum()
+
+    per_example = vmap(grad(inner), in_dims=(None, 0, 0))
+    chunk = max(1, min(K, PER_EXAMPLE_ELEMENTS // max(fmod.flat.numel, 1)))
+    total = fmod.flat.new_zeros()
+    for start in range(0, K, chunk):
+        grads = per_example(primals, X[start : start + chunk], E[start : start + chunk])
+        total += fmod.flat.flatten([g.to(total.dtype).pow(2).sum(0) for g in grads])
+    return total.mul_(B * B / K)
+
+
+__all__ = [
+    "CAPTURE_HINTS",
+    "CaptureError",
+    "CapturedBatch",
+    "ForwardCapture",
+    "FunctionalModule",
+    "fisher_diagonal",
+    "ggn_matvec",
+]

@@ -1,0 +1,541 @@
+"""Hessian-free optimization (Martens, "Deep learning via Hessian-free optimization", ICML 2010).
+
+The step is composed of pieces that live elsewhere: curvature products (:mod:`lightning_sqn.curvature`:
+the gradient's graph or :mod:`~lightning_sqn.curvature.capture`), linear CG with Martens' extras
+(:func:`~lightning_sqn.krylov.cg.solve_cg`, :func:`~lightning_sqn.krylov.cg.cg_backtrack`) and a
+backtracking line search (:mod:`lightning_sqn.globalization.linesearch`). This module holds the
+composition and the bookkeeping, in the notation of the slides (``../shared/papers/
+hessian-free-martens-2010-slides.txt``) and of ``../shared/REFERENCES.md``, section "Hessian-free".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_sqn.curvature.capture import (
+    CAPTURE_HINTS,
+    CapturedBatch,
+    CaptureError,
+    ForwardCapture,
+    FunctionalModule,
+    fisher_diagonal,
+    ggn_matvec,
+)
+from lightning_sqn.curvature.ggn import LOSSES, GGNLoss
+from lightning_sqn.globalization.linesearch import ArmijoBacktracking, LineSearch, LineSearchResult
+from lightning_sqn.krylov.cg import CGResult, ProgressWindow, cg_backtrack, solve_cg
+from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
+
+Curvature = Literal["ggn", "hessian"]
+
+
+class KrylovExit(IntEnum):
+    """Why an inner (truncated) CG run stopped; published as ``last_step.cg_reason`` (a plain int).
+
+    ``KrylovExit(last_step.cg_reason).name`` gives the name.
+    """
+
+    CONVERGED = 0  #: residual test (Hessian-free ``cg_tol``) or the Krylov stopping rule (Steihaug)
+    PROGRESS = 1  #: Martens' relative-progress rule fired
+    CAP = 2  #: the iteration cap was reached
+    NEGATIVE_CURVATURE = 3  #: a direction with p^T B p <= 0
+    BOUNDARY = 4  #: the iterate left the trust region (Steihaug-Toint)
+
+    @classmethod
+    def of(cls, reason: str) -> KrylovExit:
+        """The code of a solver's reason string (``"progress"``, ``"negative_curvature"``, ...)."""
+        return cls[reason.upper()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LevenbergMarquardt:
+    """Martens' Levenberg-Marquardt heuristic for the damping lambda (slide listing the method's
+    ingredients: "using a Levenburg-Marquardt style heuristic for adjusting the damping parameter";
+    constants from REFERENCES.md, "Hessian-free"):
+
+    .. math::
+
+        \\lambda \\leftarrow \\begin{cases}
+            \\tfrac32 \\lambda & \\rho < \\tfrac14 \\ (\\text{or } \\rho \\text{ undefined}), \\\\
+            \\tfrac23 \\lambda & \\rho > \\tfrac34, \\\\
+            \\lambda & \\text{otherwise},
+        \\end{cases}
+
+    with the reduction ratio ``rho = (f(x + p) - f(x)) / q(p)`` (see :class:`HessianFree`). The result is
+    kept above ``min_damping`` so that it never underflows to zero.
+
+    Args:
+        low: boost below this ratio (1/4).
+        high: drop above this ratio (3/4).
+        boost: factor > 1 (3/2).
+        drop: factor in (0, 1) (2/3).
+        min_damping: lower clamp, ``>= 0`` (the dtype's smallest normal number is applied in any case).
+
+    Raises:
+        ValueError: unless ``0 < low < high``, ``boost > 1``, ``0 < drop < 1``, ``min_damping >= 0``.
+
+    Example:
+        >>> LevenbergMarquardt().update(1.0, rho=0.1), LevenbergMarquardt().update(1.0, rho=0.9)
+        (1.5, 0.6666666666666666)
+    """
+
+    low: float = 0.25
+    high: float = 0.75
+    boost: float = 1.5
+    drop: float = 2.0 / 3.0
+    min_damping: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.low < self.high:
+            raise ValueError(f"need 0 < low < high, got low={self.low}, high={self.high}")
+        if not (self.boost > 1.0 and math.isfinite(self.boost)):
+            raise ValueError(f"boost must be finite and > 1, got {self.boost}")
+        if not 0.0 < self.drop < 1.0:
+            raise ValueError(f"drop must satisfy 0 < drop < 1, got {self.drop}")
+        if not (self.min_damping >= 0.0 and math.isfinite(self.min_damping)):
+            raise ValueError(f"min_damping must be finite and >= 0, got {self.min_damping}")
+
+    def update(self, damping: float, rho: float) -> float:
+        """The next lambda from the current one and the reduction ratio (NaN counts as ``rho < low``)."""
+        if not rho >= self.low:
+            damping *= self.boost
+        elif rho > self.high:
+            damping *= self.drop
+        return max(damping, self.min_damping)
+
+
+def _check(name: str, ok: bool, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+class HessianFree(QuasiNewtonOptimizer):
+    """Hessian-free optimization with Martens' (2010) recipe.
+
+    One step at x_k (slide "Standard Hessian-free Optimization", lines 2-6, with the ingredients of the
+    slide that lists them):
+
+    1. g = grad f(x_k) from one closure evaluation (line 2); under ``curvature="ggn"`` (or with the
+       preconditioner) the watched module's input and output are captured
+       (:mod:`~lightning_sqn.curvature.capture`).
+    2. Damped curvature products ``B v = G v + lambda v`` (line 4; the Gauss-Newton matrix G of
+       Schraudolph 2002, slide "The Gauss-Newton matrix") or ``H v + lambda v`` (``"hessian"``).
+    3. Linear CG on the quadratic model (line 5; slide "Second motivating observation")
+
+       .. math:: q(p) = g^T p + \\tfrac12 p^T (B + \\lambda I) p,
+
+       preconditioned with ``M = [diag(sum_i grad f_i^2) + lambda I]^alpha`` (alpha = 0.75), started
+       from ``zeta p_{k-1}`` (the previous run's last iterate, zeta = 0.95), stopped by Martens'
+       relative-progress rule (slide "CG stopping conditions"; window ``k = max(10, 0.1 i)``, threshold
+       ``k eps``, eps = 5e-4) or at the cap (``max_cg_iters``, Martens: 250).
+    4. CG backtracking: the iterates stored at ``i = ceil(1.3^j)`` are evaluated with the closure from
+       the last one backwards until one is worse than its successor; the best one is ``p``
+       (:func:`~lightning_sqn.krylov.cg.cg_backtrack`). Each is an extra closure evaluation.
+    5. Levenberg-Marquardt update of lambda (:class:`LevenbergMarquardt`) from
+
+       .. math:: \\rho = \\frac{f(x_k + p) - f(x_k)}{q(p)},
+
+       with ``q`` the *damped* model above, as in Martens (2010, Sec. 4.1), whose slides define
+       ``q_theta(p) = f + grad f^T p + 1/2 p^T B p`` with "B = H or H + lambda I"; ``q(p)`` is CG's own
+       recurrence value of the chosen iterate, so rho costs no product. (Martens & Sutskever 2012 use the
+       undamped model; ``last_step.predicted_reduction = -q(p)`` is the damped one.)
+    6. A backtracking (Armijo) line search along ``p`` from alpha = 1, whose value is known from step 4
+       (``line_search``; the slides and REFERENCES.md name a "final backtracking line search" without
+       constants; the default, Armijo with ``c1 = 1e-2`` and factor 0.8, are the values of Martens &
+       Sutskever 2012 as we recall them, not checked against a source here). No sufficient decrease:
+       x stays (``accepted=False``).
+
+    **Curvature products.** ``curvature="ggn"`` (the paper's choice): products on the watched module,
+    functional (:func:`~lightning_sqn.curvature.capture.ggn_matvec`), for the loss named by ``loss``
+    applied to the module's output with mean reduction; no autograd graph is kept, so any Lightning
+    strategy of this package works, and under ``ddp_sqn`` every product is averaged over ranks.
+    ``curvature_batch_fraction`` f < 1 uses the first ``K = ceil(f B)`` examples of the batch for the
+    products (Martens' curvature mini-batch K, slide "Experimental parameters"; under ``ddp_sqn`` each
+    rank takes the first ``ceil(f B_r)`` of its shard); the gradient, backtracking and line search use
+    the whole batch. The products use the module's *current mode*: BatchNorm in training mode
+    normalises with the batch statistics of the K examples as the functional forward sees them, and
+    dropout draws a new mask per product; models with BatchNorm in training mode or dropout should use
+    ``curvature="hessian"`` (or eval-mode BatchNorm / no dropout). ``curvature="hessian"``: exact
+    Hessian-vector products by double backward through the graph of the evaluation at x_k on the full
+    batch (the closure must call ``loss.backward(create_graph=optimizer.graph_requested)`` in plain
+    PyTorch; Lightning needs ``strategy="sqn"``/``"ddp_sqn"``); B may be indefinite, and CG stops at a
+    direction of negative curvature (lambda then grows).
+
+    **Preconditioner** (``preconditioner=True``): ``D = (1/K) sum_{i<K} grad l_i ⊙ grad l_i``, the
+    diagonal of the empirical Fisher matrix of the curvature mini-batch, from per-example gradients
+    computed with ``torch.func`` (``vmap`` of ``grad`` over the captured examples, in chunks; see
+    :func:`~lightning_sqn.curvature.capture.fisher_diagonal`): Martens' ``sum_i grad f_i ⊙ grad f_i``
+    for his summed objective ``f = sum_i f_i``, scaled to our mean loss (the scale of G and lambda).
+    It needs the captured input and output in both curvature modes (Lightning's ``sqn``/``ddp_sqn``
+    watch the LightningModule automatically); without a watched module (e.g. a closure that is not a
+    network, like Rosenbrock) a step raises :class:`~lightning_sqn.curvature.capture.CaptureError`:
+    pass ``preconditioner=False`` there. No batch-gradient substitute is used (``g ⊙ g`` is a rank-one
+    estimate, not Martens' preconditioner).
+
+    **Cost per step**: 1 closure evaluation for g (keeping the graph with ``"hessian"``), one product
+    per CG iteration (plus one for a warm start's initial residual), the preconditioner (about one
+    batched backward over K examples), and ``b + l`` further closure evaluations (backtracking over
+    stored iterates, then line-search trials other than alpha = 1); ``last_step`` reports them
+    (``closure_evals``, ``curvature_products``, ``cg_iterations``).
+
+    ``last_step`` publishes ``damping`` (lambda used), ``rho``, ``cg_iterations``, ``cg_reason`` (a
+    :class:`KrylovExit` code), ``backtrack_index`` (CG iteration of the chosen iterate),
+    ``step_length`` (alpha), ``curvature_products``, ``predicted_reduction`` (``-q(p)``),
+    ``actual_reduction`` (``f(x) - f(x + p)``), ``trial_loss`` (f at the point taken or last tried),
+    ``accepted``, ``step_norm`` (``||alpha p||``).
+
+    Args:
+        params: parameters or groups (one flat vector).
+        curvature: ``"ggn"`` or ``"hessian"``.
+        damping: initial lambda > 0 (the slides give no value; Martens adapts it from any start).
+        loss: for ``"ggn"``: the loss applied to the watched module's output, ``"cross_entropy"``,
+            ``"mse"`` or ``"bce_with_logits"`` (mean reduction), which fixes ``H_l`` in closed form.
+        max_cg_iters: cap on CG iterations (Martens: 250).
+        cg_eps: epsilon of the relative-progress rule (5e-4).
+        cg_tol: CG residual tolerance relative to ``||g||`` (0: only the progress rule and the cap stop
+            CG, as in Martens' HF).
+        warm_start_decay: zeta in ``x_0 = zeta p_{k-1}`` (0.95); 0 starts every CG run at 0.
+        preconditioner: use Martens' diagonal preconditioner.
+        preconditioner_exponent: alpha in ``M = (D + lambda)^alpha`` (0.75).
+        curvature_batch_fraction: f in (0, 1], the share of the batch used for GGN products (and the
+            preconditioner); < 1 needs ``curvature="ggn"``.
+        line_search: a line search along the backtracked p (``"default"``: Armijo, ``c1 = 1e-2``,
+            factor 0.8, at most 20 evaluations), or ``None``: take p if ``f(x + p) < f(x)``.
+        damping_rule: the lambda update (default :class:`LevenbergMarquardt` with Martens' constants).
+
+    Raises:
+        ValueError: for an option outside its range (the message states the range), ``"ggn"`` without
+            ``loss``, or a curvature fraction < 1 with ``"hessian"``.
+
+    Example::
+
+        model = nn.Sequential(nn.Linear(784, 250), nn.Tanh(), nn.Linear(250, 10))
+        opt = HessianFree(model.parameters(), loss="cross_entropy")
+        opt.watch_module(model)  # Lightning's sqn/ddp_sqn strategies watch the LightningModule
+
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(X), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        curvature: Curvature = "ggn",
+        damping: float = 1.0,
+        *,
+        loss: GGNLoss | None = None,
+        max_cg_iters: int = 250,
+        cg_eps: float = 5e-4,
+        cg_tol: float = 0.0,
+        warm_start_decay: float = 0.95,
+        preconditioner: bool = True,
+        preconditioner_exponent: float = 0.75,
+        curvature_batch_fraction: float = 1.0,
+        line_search: LineSearch | Literal["default"] | None = "default",
+        damping_rule: LevenbergMarquardt | None = None,
+    ) -> None:
+        _check("curvature", curvature in ("ggn", "hessian"), "'ggn' or 'hessian'", curvature)
+        _check("damping", damping > 0 and math.isfinite(damping), "finite and > 0", damping)
+        if curvature == "ggn" and loss not in LOSSES:
+            raise ValueError(
+                f"curvature='ggn' needs loss= one of {LOSSES} (the loss applied to the watched module's "
+                f"output, mean reduction; it fixes the loss Hessian of the Gauss-Newton matrix), got "
+                f"{loss!r}. Use curvature='hessian' for any other loss."
+            )
+        if curvature == "hessian" and loss is not None and loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES} or None, got {loss!r}")
+        _check(
+            "max_cg_iters",
+            isinstance(max_cg_iters, int) and not isinstance(max_cg_iters, bool) and max_cg_iters >= 1,
+            "an int >= 1",
+            max_cg_iters,
+        )
+        _check("cg_eps", cg_eps > 0 and math.isfinite(cg_eps), "finite and > 0", cg_eps)
+        _check("cg_tol", cg_tol >= 0 and math.isfinite(cg_tol), "finite and >= 0", cg_tol)
+        _check("warm_start_decay", 0.0 <= warm_start_decay <= 1.0, "in [0, 1]", warm_start_decay)
+        _check("preconditioner", isinstance(preconditioner, bool), "True or False", preconditioner)
+        _check(
+            "preconditioner_exponent",
+            0.0 <= preconditioner_exponent <= 1.0,
+            "in [0, 1]",
+            preconditioner_exponent,
+        )
+        _check(
+            "curvature_batch_fraction",
+            0.0 < curvature_batch_fraction <= 1.0,
+            "in (0, 1]",
+            curvature_batch_fraction,
+        )
+        if curvature == "hessian" and curvature_batch_fraction < 1.0:
+            raise ValueError(
+                f"curvature_batch_fraction={curvature_batch_fraction} needs curvature='ggn': Hessian "
+                "products come from the graph of the closure's evaluation at x_k, which covers the whole "
+                "batch and cannot be restricted to a subset of examples afterwards. Use curvature='ggn' "
+                "(functional products on the first ceil(fraction * batch) examples) or a smaller closure "
+                "batch."
+            )
+        defaults = dict(
+            curvature=curvature,
+            damping=damping,
+            loss=loss,
+            max_cg_iters=max_cg_iters,
+            cg_eps=cg_eps,
+            cg_tol=cg_tol,
+            warm_start_decay=warm_start_decay,
+            preconditioner=preconditioner,
+            preconditioner_exponent=preconditioner_exponent,
+            curvature_batch_fraction=curvature_batch_fraction,
+        )
+        super().__init__(params, defaults)
+        self.curvature: Curvature = curvature
+        self.loss = loss
+        self.max_cg_iters = max_cg_iters
+        self.progress_window = ProgressWindow(eps=cg_eps)
+        self.cg_tol = cg_tol
+        self.warm_start_decay = warm_start_decay
+        self.preconditioner = preconditioner
+        self.preconditioner_exponent = preconditioner_exponent
+        self.curvature_batch_fraction = curvature_batch_fraction
+        if line_search == "default":
+            line_search = ArmijoBacktracking(c1=1e-2, shrink=0.8, max_evals=20)
+        self.line_search: LineSearch | None = line_search
+        self.damping_rule = damping_rule or LevenbergMarquardt()
+        self.needs_graph = curvature == "hessian"
+        flat = self._flat
+        self.damping = torch.tensor(float(damping), dtype=flat.dtype, device=flat.device)
+        self._p_prev = flat.new_zeros()  # the previous CG run's last iterate (warm start)
+        self._has_prev = False
+        self._x, self._g, self._g_trial = flat.new_zeros(), flat.new_zeros(), flat.new_zeros()
+        self._capture: ForwardCapture | None = None
+
+    # ------------------------------------------------------------ watched module
+    def watch_module(self, module: nn.Module) -> None:
+        """Capture ``module``'s input and output at x_k (GGN products and the preconditioner).
+
+        ``module`` must map the closure's single input tensor to the loss input in one call per
+        closure evaluation, and own all optimized parameters. Watching another module replaces the
+        previous one. The Lightning strategies ``sqn``/``ddp_sqn`` watch the LightningModule at fit
+        start unless a module is watched already (so a ``training_step`` that calls ``self.net(x)``
+        needs ``optimizer.watch_module(self.net)`` in ``configure_optimizers``).
+        """
+        if self._capture is not None:
+            self._capture.remove()
+        self._capture = ForwardCapture(module)
+
+    @property
+    def watched_module(self) -> nn.Module | None:
+        """The module whose forward is captured, or ``None``."""
+        return None if self._capture is None else self._capture.module
+
+    # ------------------------------------------------------------ the pieces of a step
+    def _needs_capture(self) -> bool:
+        return self.curvature == "ggn" or self.preconditioner
+
+    def _curvature_products(self, batch: CapturedBatch | None, fmod: FunctionalModule | None) -> Callable:
+        """``v -> B v`` (undamped) at x_k, averaged over ranks."""
+        if self.curvature == "hessian":
+            graph = self._graph
+            if graph is None:  # pragma: no cover - _evaluate raises first
+                raise RuntimeError("the evaluation at x_k did not keep its graph")
+            return graph.hvp
+        assert batch is not None and fmod is not None and self.loss is not None
+        K = batch.curvature_size(self.curvature_batch_fraction)
+        matvec = ggn_matvec(fmod, self.loss, batch.inputs[:K])
+        comm = self.communicator
+        if comm is None:
+            return matvec
+        return lambda v: comm.all_reduce_mean(matvec(v))
+
+    def _fisher_diagonal(self, batch: CapturedBatch, fmod: FunctionalModule) -> Tensor:
+        """D of the preconditioner, averaged over ranks."""
+        D = fisher_diagonal(fmod, batch, batch.curvature_size(self.curvature_batch_fraction))
+        return D if self.communicator is None else self.communicator.all_reduce_mean(D)
+
+    def _solve(self, g: Tensor, lam: float) -> tuple[CGResult, bool]:
+        """Preconditioned, warm-started CG on the damped model at x_k; also whether it was warm-started."""
+        capture = self._capture
+        batch = fmod = None
+        if self._needs_capture():
+            assert capture is not None
+            what = (
+                f"{type(self).__name__}(curvature={self.curvature!r}, preconditioner={self.preconditioner})"
+            )
+            batch = capture.batch(what)
+            fmod = FunctionalModule(capture.module, self._flat)
+        products = self._curvature_products(batch, fmod)
+
+        def damped(v: Tensor) -> Tensor:  # (B + lambda I) v, slide "Standard HF", line 4
+            return products(v) + lam * v
+
+        precond = None
+        if self.preconditioner:
+            assert batch is not None and fmod is not None
+            D = self._fisher_diagonal(batch, fmod)
+            # M = [diag(sum_i grad f_i^2) + lambda I]^alpha (slide listing the ingredients)
+            precond = D.add_(lam).pow_(self.preconditioner_exponent)
+        decay = self.warm_start_decay
+        x0 = self._p_prev * decay if self._has_prev and decay > 0.0 else None
+        res = solve_cg(
+            damped,
+            -g,
+            x0=x0,
+            precond=precond,
+            max_iters=self.max_cg_iters,
+            tol=self.cg_tol,
+            progress_window=self.progress_window,
+        )
+        return res, x0 is not None
+
+    # ------------------------------------------------------------ step
+    def _step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:
+        flat = self._flat
+        capture = self._capture
+        if self._needs_capture() and capture is None:
+            raise CaptureError(
+                f"{type(self).__name__}(curvature={self.curvature!r}, preconditioner={self.preconditioner}) "
+                f"needs the network's input and output at x_k, but no module is watched. {CAPTURE_HINTS}"
+            )
+        x = flat.gather_params(self._x)
+        g = self._g
+        if capture is not None and self._needs_capture():
+            capture.arm()
+        try:
+            f0_t = self._evaluate(closure, g, create_graph=self.curvature == "hessian")
+        finally:
+            if capture is not None:
+                capture.disarm()
+        try:
+            self._check_finite_start(f0_t, g)
+            lam = float(self.damping)
+            res, warm = self._solve(g, lam)
+        finally:
+            self._graph = None  # free the activations before the trial evaluations
+            if capture is not None:
+                capture.clear()
+        self._p_prev.copy_(res.x)
+        self._has_prev = True
+        return self._globalize(closure, x, g, f0_t, lam, res, warm), False
+
+    def _globalize(
+        self, closure: Closure, x: Tensor, g: Tensor, f0_t: Tensor, lam: float, res: CGResult, warm: bool
+    ) -> StepStats:
+        """CG backtracking, the damping update and the line search (steps 4-6 of the class docstring)."""
+        flat = self._flat
+        g_trial = self._g_trial
+        f0 = float(f0_t)
+        cold_zero = res.iterates[0][0] == 0 and not warm  # CG took no step from x_0 = 0
+        evaluated: dict[int, tuple[float, float, int]] = {}  # id(p) -> (f, dphi, evaluation index)
+
+        def evaluate_at(direction: Tensor, alpha: float) -> tuple[float, float]:
+            flat.set_params(torch.add(x, direction, alpha=alpha))
+            f = float(self._evaluate(closure, g_trial))
+            return f, float(g_trial @ direction)
+
+        def objective(p: Tensor) -> float:  # f(x + p) of a stored CG iterate
+            if cold_zero and p is res.iterates[0][1]:
+                return f0  # p = 0: no evaluation needed
+            f, dphi = evaluate_at(p, 1.0)
+            evaluated[id(p)] = (f, dphi, self._evals_this_step - 1)
+            return f
+
+        position, f_p = cg_backtrack(res.iterates, objective)
+        i_chosen, p = res.iterates[position]
+        f_p = float(f_p)
+        q_p = float(res.q_values[i_chosen])
+        rho = (f_p - f0) / q_p if q_p < 0.0 and math.isfinite(f_p) else -math.inf
+        next_lam = max(self.damping_rule.update(lam, rho), torch.finfo(flat.dtype).tiny)
+
+        dphi0 = float(g @ p)
+        alpha, f_trial, ls = 0.0, f_p, None
+        eval_index = evaluated.get(id(p), (0.0, 0.0, 0))[2]
+        if dphi0 < 0.0 and math.isfinite(dphi0):
+            if self.line_search is None:
+                alpha = 1.0 if f_p < f0 else 0.0
+            else:
+                at: dict[float, int] = {}
+
+                def phi(a: float) -> tuple[float, float]:
+                    if a == 1.0 and id(p) in evaluated:  # known from CG backtracking
+                        f, dphi, _ = evaluated[id(p)]
+                        return f, dphi
+                    f, dphi = evaluate_at(p, a)
+                    at[a] = self._evals_this_step - 1
+                    return f, dphi
+
+                ls = self.line_search.search(phi, f0, dphi0, 1.0)
+                alpha, f_trial = ls.step_length, ls.f
+                if alpha > 0.0 and alpha in at:
+                    eval_index = at[alpha]
+        accepted = alpha > 0.0
+        flat.set_params(torch.add(x, p, alpha=alpha) if accepted else x)
+        self._commit_running_stats(accepted, if_accepted=eval_index, if_rejected=0)
+        self.damping.fill_(next_lam)
+        return self._stats(f0_t, f0, f_p, f_trial, q_p, rho, lam, alpha, p, res, i_chosen, ls)
+
+    def _stats(
+        self,
+        f0_t: Tensor,
+        f0: float,
+        f_p: float,
+        f_trial: float,
+        q_p: float,
+        rho: float,
+        lam: float,
+        alpha: float,
+        p: Tensor,
+        res: CGResult,
+        i_chosen: int,
+        ls: LineSearchResult | None,
+    ) -> StepStats:
+        flat = self._flat
+
+        def t(v: float | bool) -> Tensor:
+            return torch.tensor(
+                v, dtype=torch.bool if isinstance(v, bool) else flat.dtype, device=flat.device
+            )
+
+        return StepStats(
+            loss=f0_t,
+            closure_evals=self._evals_this_step,
+            accepted=t(alpha > 0.0),
+            step_norm=torch.linalg.vector_norm(p).mul(alpha),
+            pair_stored=t(False),
+            pairs_in_memory=torch.zeros((), dtype=torch.long, device=flat.device),
+            trial_loss=t(f_trial),
+            rho=t(rho),
+            predicted_reduction=t(-q_p),
+            actual_reduction=t(f0 - f_p),
+            step_length=alpha,
+            line_search_success=None if ls is None else ls.success,
+            line_search_reason=None if ls is None else ls.reason,
+            hessian_products=res.matvecs if self.curvature == "hessian" else None,
+            curvature_products=res.matvecs,
+            damping=t(lam),
+            cg_iterations=res.iterations,
+            cg_reason=int(KrylovExit.of(res.reason)),
+            backtrack_index=i_chosen,
+        )
+
+    # ------------------------------------------------------------ state
+    def _extra_state(self) -> dict[str, Any]:
+        return {"damping": self.damping, "p_prev": self._p_prev, "has_prev": self._has_prev}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.damping.copy_(state["damping"].to(self.damping))
+        self._p_prev.copy_(state["p_prev"].to(self._p_prev))
+        self._has_prev = bool(state["has_prev"])
+
+
+__all__ = ["HessianFree", "KrylovExit", "LevenbergMarquardt"]
