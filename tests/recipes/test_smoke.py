@@ -1,0 +1,103 @@
+"""Every recipe's smoke preset trains end to end in one process on fake data, logs what the report needs,
+and the report step turns the logs into PNG figures and the markdown tables (Table 1 included)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from recipe_helpers import load_runner
+
+from lightning_sqn.report import load_scalars
+
+RUNNER = load_runner()
+NAMES = [RUNNER.config_name(p) for p in RUNNER.all_configs()]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, fake_data):
+    """``smoke(name)``: the log root after ``fit name --preset smoke`` (each config trained once)."""
+    out = tmp_path_factory.mktemp("runs")
+    done: set[str] = set()
+
+    def run(name: str) -> Path:
+        if name not in done:
+            argv = ["fit", name, "--preset", "smoke", "--data-dir", str(fake_data), "--out", str(out)]
+            assert RUNNER.main([*argv, "--no-progress-bar"]) == 0
+            done.add(name)
+        return out
+
+    return run
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_smoke_preset_runs_end_to_end(smoke, name) -> None:
+    out = smoke(name)
+    config = RUNNER.load_config(RUNNER.find_configs(name)[0], "smoke")
+    specs = RUNNER.expand(config)
+    errors = load_scalars(out / name, "test/error")
+    for spec in specs:
+        seed_dir = out / name / spec.name / "seed_0"
+        summary = json.loads((seed_dir / "summary.json").read_text())
+        assert summary["preset"] == "smoke" and summary["epochs"] == 2
+        assert summary["batch_size"] == spec.settings["batch_size"]
+        assert (seed_dir / "recipe.yaml").is_file()
+        epochs, values = errors[spec.name][0]
+        assert epochs.tolist() == [1, 2] and ((0 <= values) & (values <= 100)).all()
+        if RUNNER.uses_closure(spec.settings):
+            assert summary["counters"]["steps"] == summary["global_steps"] > 0
+            assert 0.0 <= summary["skipped_updates_pct"] <= 100.0
+    closure_runs = [s.name for s in specs if RUNNER.uses_closure(s.settings)]
+    skipped = load_scalars(out / name, "sqn/skipped_updates_total_pct")
+    assert sorted(skipped) == sorted(closure_runs)
+    lsr1 = [s.name for s in specs if s.settings["optimizer"] == "lsr1"]
+    assert sorted(load_scalars(out / name, "sqn/radius")) == sorted(lsr1)
+
+
+def _png(path: Path) -> None:
+    assert path.is_file() and path.read_bytes()[:8] == PNG_MAGIC, path
+
+
+def test_report_of_a_figure_recipe(smoke, capsys) -> None:
+    out = smoke("fig1_mnist_lenet")
+    assert RUNNER.main(["report", "fig1_mnist_lenet", "--out", str(out)]) == 0
+    report_dir = out / "fig1_mnist_lenet" / "report"
+    for group in ("no_bn", "bn"):
+        _png(report_dir / f"{group}_test_error_epoch.png")
+    text = (report_dir / "report.md").read_text()
+    assert text in capsys.readouterr().out  # printed too
+    assert "## bn" in text and "## no_bn" in text and "preset(s): smoke" in text
+    assert "| run | seeds | 1 | 2 |" in text  # test error per epoch
+    assert "epochs to test error ≤ 1.1" in text
+    # skipped updates of L-SR1 and L-BFGS with the paper's figures next to them
+    assert "| lsr1 | 1 |" in text and "7% to > 60%" in text and "< 2.5%" in text
+
+
+def test_report_writes_table1_and_wall_time_plots(smoke) -> None:
+    out = smoke("table1_batch_size/mnist")
+    text = RUNNER.report_config(RUNNER.find_configs("table1_batch_size/mnist")[0], out)
+    assert "Table 1 (MNIST with BN)" in text
+    assert (
+        "| optimizer | ≤ 1.1% @ batch 16 | paper | ≤ 1.2% @ batch 32 | paper | ≤ 1.5% @ batch 64 | paper |"
+        in text
+    )
+    assert "| nag | not reached in 2 | 35 | not reached in 2 | 37 | not reached in 2 | 194 |" in text
+    assert "| adam | not reached in 2 | – |" in text
+    for group in ("b500", "b1000", "b10000"):
+        _png(out / "table1_batch_size/mnist/report" / f"{group}_test_error_epoch.png")
+    out = smoke("fig5_resnet20")
+    RUNNER.report_config(RUNNER.find_configs("fig5_resnet20")[0], out)
+    _png(out / "fig5_resnet20/report/test_error_epoch.png")
+    _png(out / "fig5_resnet20/report/test_error_time.png")
+
+
+def test_skip_existing_leaves_finished_runs_alone(smoke, fake_data, capsys) -> None:
+    out = smoke("fig6_sweeps/memory")
+    summary = out / "fig6_sweeps/memory/m2/seed_0/summary.json"
+    before = summary.read_text()
+    argv = ["fit", "fig6_sweeps/memory", "--preset", "smoke", "--data-dir", str(fake_data), "--out", str(out)]
+    assert RUNNER.main([*argv, "--skip-existing", "--no-progress-bar"]) == 0
+    assert capsys.readouterr().out.count("done already, skipped") == 3
+    assert summary.read_text() == before
