@@ -5,6 +5,7 @@ Optimizers (all closure-driven ``torch.optim.Optimizer`` subclasses over one fla
 * :class:`LSR1`: limited-memory SR1 with a trust region (OBS subproblem) or a line search.
 * :class:`LBFGS`: limited-memory BFGS (compact form) with a line search and optional forgetting.
 * :class:`BFGS`, :class:`SR1`: dense variants for tiny models.
+* :class:`SampledLSR1`, :class:`SampledLBFGS`: sampled quasi-Newton (Berahas, Jahani & Takáč).
 * :class:`HessianFree`: Martens' Hessian-free optimization (damped GGN or Hessian products, CG).
 * :class:`TrustRegionNewton`: trust-region Newton in an RMSProp / Adagrad ellipsoid (Kohler et al.).
 """

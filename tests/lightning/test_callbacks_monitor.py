@@ -54,10 +54,11 @@ def _loader() -> DataLoader:
     return DataLoader(TensorDataset(*regression_data(NUM_SAMPLES)), batch_size=BATCH, shuffle=False)
 
 
-def _trainer(callbacks: list, logger: Any, epochs: int = EPOCHS) -> lightning.Trainer:
+def _trainer(callbacks: list, logger: Any, epochs: int = EPOCHS, strategy: str = "auto") -> lightning.Trainer:
     return lightning.Trainer(
         accelerator="cpu",
         devices=1,
+        strategy=strategy,
         max_epochs=epochs,
         logger=logger,
         callbacks=callbacks,
@@ -159,6 +160,26 @@ def test_epoch_interval_aggregates(tmp_path) -> None:
     _close(series("closure_evals"), [sum(s["closure_evals"] for s in ep) for ep in per_epoch])
     _close(series("steps"), [STEPS_PER_EPOCH] * EPOCHS)
     assert "sqn/accepted" not in events.Tags()["scalars"]
+
+
+def test_epoch_interval_sums_products_and_leaves_out_the_cg_code(tmp_path) -> None:
+    """Hessian-free: products and evaluations are epoch totals, lambda and CG iterations epoch means, the
+    CG exit code (a category) is logged per step only."""
+    make = lambda p: lightning_sqn.HessianFree(p, "hessian", preconditioner=False, max_cg_iters=5)  # noqa: E731
+    recorder, events, _ = _fit(tmp_path, make, TrustRegionMonitor(logging_interval="epoch"), strategy="sqn")
+    per_epoch = [recorder.steps[e * STEPS_PER_EPOCH : (e + 1) * STEPS_PER_EPOCH] for e in range(EPOCHS)]
+    assert all("cg_reason" in s for s in recorder.steps)
+
+    def series(tag: str) -> list[float]:
+        return _series(events, f"sqn/{tag}")[1]
+
+    _close(series("curvature_products"), [sum(s["curvature_products"] for s in ep) for ep in per_epoch])
+    _close(series("closure_evals"), [sum(s["closure_evals"] for s in ep) for ep in per_epoch])
+    _close(series("damping"), [sum(s["damping"] for s in ep) / STEPS_PER_EPOCH for ep in per_epoch])
+    _close(
+        series("cg_iterations"), [sum(s["cg_iterations"] for s in ep) / STEPS_PER_EPOCH for ep in per_epoch]
+    )
+    assert "sqn/cg_reason" not in events.Tags()["scalars"]
 
 
 def test_refuses_optimizers_without_stats(tmp_path) -> None:

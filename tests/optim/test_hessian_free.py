@@ -424,8 +424,17 @@ def test_lightning_fit_with_monitoring_callbacks(tmp_path, curvature: str) -> No
     assert after < 0.8 * before
     step_rows = [r for r in rows if r.get("sqn/rho")]
     assert len(step_rows) == 8
-    for name in ("rho", "accepted", "step_norm", "predicted_reduction", "actual_reduction", "step_length"):
+    names = ("rho", "accepted", "step_norm", "predicted_reduction", "actual_reduction", "step_length")
+    names += ("damping", "cg_iterations", "cg_reason", "backtrack_index", "curvature_products")
+    for name in names:
         assert all(r[f"sqn/{name}"] != "" for r in step_rows), name
     assert all(r["sqn/closure_evals"] and float(r["sqn/closure_evals"]) >= 2 for r in step_rows)
+    # the logged numbers are the optimizer's: lambda > 0, products = CG iterations, +1 for a warm start's
+    # initial residual, +1 for a product that found negative curvature (Hessian) and ended CG
+    for r in step_rows:
+        assert float(r["sqn/damping"]) > 0
+        iters, products = float(r["sqn/cg_iterations"]), float(r["sqn/curvature_products"])
+        assert iters <= products <= iters + 2
+        assert float(r["sqn/cg_reason"]) in {int(k) for k in KrylovExit}
     epoch_rows = [r for r in rows if r.get("sqn/skipped_updates")]
     assert epoch_rows and all(float(r["sqn/skipped_updates"]) == 0.0 for r in epoch_rows)

@@ -51,7 +51,22 @@ STEP_FIELDS: tuple[str, ...] = (
     "num_negative_eigs",
     "gamma",
     "pairs_in_memory",
+    # sampled quasi-Newton, Hessian-free and trust-region Newton
+    "pairs_sampled",
+    "pairs_kept",
+    "hessian_products",
+    "curvature_products",
+    "damping",
+    "cg_iterations",
+    "cg_reason",
+    "backtrack_index",
+    "warmup",
 )
+
+#: counts that the epoch aggregation sums instead of averaging
+SUMMED_FIELDS: frozenset[str] = frozenset({"closure_evals", "hessian_products", "curvature_products"})
+#: codes (not quantities): logged per step, left out of the epoch means
+CATEGORICAL_FIELDS: frozenset[str] = frozenset({"cg_reason"})
 
 
 class TrustRegionMonitor(Callback):
@@ -65,7 +80,11 @@ class TrustRegionMonitor(Callback):
       (:math:`\|s_k\|`), ``predicted_reduction``, ``actual_reduction``, ``closure_evals`` (evaluations
       in the step) and, for a line search, ``step_length`` (:math:`\alpha_k`);
     * the spectrum of :math:`B_k` known to the solver: ``eig_min``, ``eig_max``, ``num_negative_eigs``;
-      ``gamma`` (:math:`B_0 = \gamma I`) and ``pairs_in_memory``.
+      ``gamma`` (:math:`B_0 = \gamma I`) and ``pairs_in_memory``;
+    * for sampled quasi-Newton: ``pairs_sampled``, ``pairs_kept``, ``hessian_products``; for
+      Hessian-free and trust-region Newton: ``curvature_products``, ``damping`` (lambda),
+      ``cg_iterations``, ``cg_reason`` (a :class:`~lightning_sqn.optim.hessian_free.KrylovExit` code),
+      ``backtrack_index`` (the CG iterate chosen), ``warmup`` (1 on first-order warm-up steps).
 
     Quantities a method does not have (the radius of a line-search method, the spectrum of L-BFGS)
     are left out, not logged as NaN. With several optimizers that publish ``last_step`` the names
@@ -74,7 +93,8 @@ class TrustRegionMonitor(Callback):
     With ``logging_interval="step"`` the values of a step are logged when Lightning logs
     (every ``log_every_n_steps``). With ``"epoch"`` the callback aggregates over the epoch and logs at its
     end: the mean of each quantity over the steps that had it, ``acceptance_rate`` (the mean of
-    ``accepted``) instead of ``accepted``, ``closure_evals`` as the epoch's total, and ``steps``.
+    ``accepted``) instead of ``accepted``, ``closure_evals`` and the product counts as the epoch's
+    totals, ``steps``, and no ``cg_reason`` (a code, not a quantity).
 
     Args:
         logging_interval: ``"step"`` or ``"epoch"``.
@@ -162,7 +182,7 @@ class TrustRegionMonitor(Callback):
                 continue
             sums, counts = self._sums[index], self._counts[index]
             for name, total in sums.items():
-                if name == "closure_evals":
+                if name in SUMMED_FIELDS:
                     metrics[self._name(index, name)] = total
                 elif name == "accepted":
                     metrics[self._name(index, "acceptance_rate")] = total / counts[name]
@@ -212,7 +232,7 @@ class TrustRegionMonitor(Callback):
         sums = self._sums.setdefault(index, {})
         counts = self._counts.setdefault(index, {})
         for name in STEP_FIELDS:
-            if name in values:
+            if name in values and name not in CATEGORICAL_FIELDS:
                 sums[name] = sums.get(name, 0.0) + float(values[name])
                 counts[name] = counts.get(name, 0) + 1
         self._steps[index] = self._steps.get(index, 0) + 1
