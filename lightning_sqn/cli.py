@@ -8,6 +8,10 @@ steps. It prints a table, writes a PNG of the test error per epoch and leaves Te
 
 ``lightning-sqn report ...`` is ``python -m lightning_sqn.report ...`` (curves and tables from any logs
 laid out as ``<logs>/<run>/seed_<s>/``).
+
+``lightning-sqn fit|validate|test|predict ...`` is LightningCLI over the recipes' classification task
+(:mod:`lightning_sqn.problems.cli`): ``lightning-sqn fit --config config.yaml`` repeats one recipe run
+from the ``config.yaml`` saved next to its logs.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+#: LightningCLI's subcommands (:mod:`lightning_sqn.problems.cli`; not imported here: it needs jsonargparse)
+SUBCOMMANDS: tuple[str, ...] = ("fit", "validate", "test", "predict")
 
 #: the demo's optimizers: (run name, optimizer name, options, global batch size, description)
 DEMO_RUNS: tuple[tuple[str, str, dict[str, Any], int, str], ...] = (
@@ -183,6 +190,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demo)
     # listed for the help text; main() hands the arguments to lightning_sqn.report.main unparsed
     sub.add_parser("report", help="curves and tables from TensorBoard logs (lightning-sqn report -h)")
+    for name in SUBCOMMANDS:  # handed to LightningCLI unparsed, like report
+        sub.add_parser(name, help=f"LightningCLI {name} of a recipe run (lightning-sqn {name} --config FILE)")
     return parser
 
 
@@ -192,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lightning_sqn.report import main as report_main
 
         return report_main(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        from lightning_sqn.problems.cli import main as lightning_cli_main
+
+        return lightning_cli_main(argv)
     args = make_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -17,7 +17,11 @@ the runs are expanded). Merging is recursive for mappings; any other value repla
 
 Every run logs to TensorBoard under ``<out>/<config name>/<group>/<run>/seed_<s>/`` (the config name is
 ``<recipe folder>`` for ``config.yaml``, else ``<recipe folder>/<stem>``), next to ``recipe.yaml`` (the
-resolved settings) and, once it has finished, ``summary.json``. The quasi-Newton optimizers train under
+resolved settings), ``config.yaml`` (the same run in LightningCLI's format:
+``lightning-sqn fit --config .../config.yaml`` repeats it) and, once it has finished, ``summary.json``.
+Each run is built and trained through LightningCLI
+(:class:`~lightning_sqn.problems.cli.SQNLightningCLI`); this runner adds presets, groups, seeds and
+reports on top. The quasi-Newton optimizers train under
 ``strategy="sqn"`` (one device) or ``"ddp_sqn"`` (``--devices N > 1``) with ``TrustRegionMonitor`` and
 ``SkippedUpdateCounter``; the first-order baselines under Lightning's default or ``"ddp"``.
 """
@@ -32,6 +36,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,47 +175,23 @@ def parse_assignment(text: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- building
-def build_model(settings: Mapping[str, Any]) -> Any:
-    from lightning_sqn.problems import models
-
-    options = dict(settings.get("model") or {})
-    name = options.pop("name", None)
-    builders = {f: getattr(models, f) for f in ("lenet5_mnist", "lenet_cifar", "resnet20", "digits_convnet")}
-    if name not in builders:
-        raise ValueError(f"model.name must be one of {', '.join(builders)}, got {name!r}")
-    return builders[name](**options)
-
-
-def build_datamodule(settings: Mapping[str, Any], data_dir: str | Path | None, seed: int) -> Any:
-    from lightning_sqn import problems
-
-    options = dict(settings.get("data") or {})
-    dataset = options.pop("dataset", None)
-    classes = {
-        "mnist": problems.MNISTDataModule,
-        "fashion_mnist": problems.FashionMNISTDataModule,
-        "cifar10": problems.CIFAR10DataModule,
-        "digits": problems.DigitsDataModule,
-    }
-    if dataset not in classes:
-        raise ValueError(f"data.dataset must be one of {', '.join(classes)}, got {dataset!r}")
-    options.setdefault("seed", seed)
-    if dataset != "digits":
-        if data_dir is None:
-            raise ValueError(f"data set {dataset!r} needs --data-dir (torchvision's root layout)")
-        options["data_dir"] = data_dir
-    return classes[dataset](batch_size=int(settings["batch_size"]), **options)
-
-
-def build_task(settings: Mapping[str, Any]) -> Any:
-    from lightning_sqn.problems.task import ClassificationTask
-
-    return ClassificationTask(
-        build_model(settings),
-        optimizer=settings["optimizer"],
-        optimizer_options=dict(settings.get("optimizer_options") or {}),
-        **dict(settings.get("task") or {}),
-    )
+#: ``model.name`` -> builder in :mod:`lightning_sqn.problems.models` (LightningCLI ``class_path``)
+MODELS = ("lenet5_mnist", "lenet_cifar", "resnet20", "digits_convnet")
+#: ``data.dataset`` -> DataModule in :mod:`lightning_sqn.problems`
+DATAMODULES = {
+    "mnist": "MNISTDataModule",
+    "fashion_mnist": "FashionMNISTDataModule",
+    "cifar10": "CIFAR10DataModule",
+    "digits": "DigitsDataModule",
+}
+#: Trainer settings of every run unless the config sets them
+TRAINER_DEFAULTS = {
+    "max_epochs": 1,
+    "log_every_n_steps": 10,
+    "num_sanity_val_steps": 0,
+    "enable_checkpointing": False,
+    "enable_model_summary": False,
+}
 
 
 def uses_closure(settings: Mapping[str, Any]) -> bool:
@@ -226,42 +207,88 @@ def strategy_for(settings: Mapping[str, Any], devices: int) -> str:
     return "ddp" if devices > 1 else "auto"
 
 
-def build_trainer(
+def lightning_config(
     settings: Mapping[str, Any],
-    log_root: Path,
-    run_name: str,
-    seed: int,
     *,
+    seed: int,
+    data_dir: str | Path | None = None,
+    log_root: Path | None = None,
+    run_name: str = "run",
     accelerator: str = "auto",
     devices: int = 1,
     progress_bar: bool = True,
-) -> Any:
-    import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
+) -> dict[str, Any]:
+    """The LightningCLI config (:class:`~lightning_sqn.problems.cli.SQNLightningCLI`) of one run.
 
-    from lightning_sqn.callbacks import SkippedUpdateCounter, TrustRegionMonitor
-
-    callbacks = [TrustRegionMonitor(), SkippedUpdateCounter()] if uses_closure(settings) else []
-    logger = TensorBoardLogger(
-        save_dir=str(log_root), name=run_name, version=f"seed_{seed}", default_hp_metric=False
-    )
-    options = {
-        "max_epochs": 1,
-        "log_every_n_steps": 10,
-        "num_sanity_val_steps": 0,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-    }
-    options.update(settings.get("trainer") or {})
-    return L.Trainer(
+    ``model``/``task``/``optimizer``/``optimizer_options`` become ``ClassificationTask``'s arguments,
+    ``data`` and ``batch_size`` the DataModule's, ``trainer`` the Trainer's (over ``TRAINER_DEFAULTS``),
+    with the strategy of :func:`strategy_for`, a TensorBoard logger writing to
+    ``<log_root>/<run_name>/seed_<seed>`` (none without ``log_root``) and, for the quasi-Newton optimizers,
+    ``TrustRegionMonitor`` and ``SkippedUpdateCounter``.
+    """
+    model = dict(settings.get("model") or {})
+    name = model.pop("name", None)
+    if name not in MODELS:
+        raise ValueError(f"model.name must be one of {', '.join(MODELS)}, got {name!r}")
+    data = dict(settings.get("data") or {})
+    dataset = data.pop("dataset", None)
+    if dataset not in DATAMODULES:
+        raise ValueError(f"data.dataset must be one of {', '.join(DATAMODULES)}, got {dataset!r}")
+    data.setdefault("seed", seed)
+    if dataset != "digits":
+        if data_dir is None:
+            raise ValueError(f"data set {dataset!r} needs --data-dir (torchvision's root layout)")
+        data["data_dir"] = str(data_dir)
+    closure = uses_closure(settings)
+    callbacks = ["TrustRegionMonitor", "SkippedUpdateCounter"] if closure else []
+    trainer: dict[str, Any] = {**TRAINER_DEFAULTS, **dict(settings.get("trainer") or {})}
+    trainer.update(
         accelerator=accelerator,
         devices=devices,
         strategy=strategy_for(settings, devices),
-        logger=logger,
-        callbacks=callbacks,
         enable_progress_bar=progress_bar,
-        **options,
+        callbacks=[{"class_path": f"lightning_sqn.callbacks.{c}"} for c in callbacks],
+        logger=False
+        if log_root is None
+        else {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {
+                "save_dir": str(log_root),
+                "name": run_name,
+                "version": f"seed_{seed}",
+                "default_hp_metric": False,
+            },
+        },
     )
+    return {
+        "seed_everything": seed,
+        "trainer": trainer,
+        "model": {
+            "model": {"class_path": f"lightning_sqn.problems.models.{name}", "init_args": model},
+            "optimizer": settings["optimizer"],
+            "optimizer_options": dict(settings.get("optimizer_options") or {}),
+            **dict(settings.get("task") or {}),
+        },
+        "data": {
+            "class_path": f"lightning_sqn.problems.{DATAMODULES[dataset]}",
+            "init_args": {"batch_size": int(settings["batch_size"]), **data},
+        },
+    }
+
+
+def instantiate(config: Mapping[str, Any]) -> Any:
+    """Task, DataModule and Trainer of a :func:`lightning_config` through LightningCLI (``run=False``):
+    the returned CLI's ``model``, ``datamodule`` and ``trainer``. With a logger, Lightning's
+    ``SaveConfigCallback`` writes the config as ``config.yaml`` next to the logs when fitting starts."""
+    from lightning_sqn.problems.cli import SQNLightningCLI
+
+    kwargs: dict[str, Any] = {}
+    if config["trainer"].get("logger") is False:
+        kwargs["save_config_callback"] = None  # nowhere to save it (it would land in the working folder)
+    with warnings.catch_warnings():
+        # the runner's own command line is in sys.argv; LightningCLI warns that it is not the config
+        warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
+        return SQNLightningCLI(args=copy.deepcopy(dict(config)), run=False, **kwargs)
 
 
 def seeds_of(config: Mapping[str, Any], override: Sequence[int] | None) -> list[int]:
@@ -294,22 +321,20 @@ def fit_one(
     devices: int = 1,
     progress_bar: bool = True,
 ) -> dict[str, Any] | None:
-    """Train one run with one seed; returns its summary (``None`` on ranks other than 0)."""
-    import lightning as L
-
-    L.seed_everything(seed, workers=False, verbose=False)
-    task = build_task(spec.settings)
-    datamodule = build_datamodule(spec.settings, data_dir, seed)
-    log_root = out / spec.config
-    trainer = build_trainer(
+    """Train one run with one seed through LightningCLI; returns its summary (``None`` on ranks other
+    than 0)."""
+    config = lightning_config(
         spec.settings,
-        log_root,
-        spec.name,
-        seed,
+        seed=seed,
+        data_dir=data_dir,
+        log_root=out / spec.config,
+        run_name=spec.name,
         accelerator=accelerator,
         devices=devices,
         progress_bar=progress_bar,
     )
+    cli = instantiate(config)
+    task, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     wall = time.perf_counter() - start

@@ -48,21 +48,24 @@ def test_config_instantiates(path, preset, fake_data) -> None:
     specs = RUNNER.expand(config)
     assert specs and len({s.name for s in specs}) == len(specs)
     for spec in specs:
-        task = RUNNER.build_task(spec.settings)
-        datamodule = RUNNER.build_datamodule(spec.settings, fake_data, seed=0)
-        assert datamodule.batch_size == spec.settings["batch_size"]
         closure = RUNNER.uses_closure(spec.settings)
         assert RUNNER.strategy_for(spec.settings, 1) == ("sqn" if closure else "auto")
         assert RUNNER.strategy_for(spec.settings, 4) == ("ddp_sqn" if closure else "ddp")
-        if preset == "smoke":  # a forward pass on the fake data and a Trainer with its callbacks
-            datamodule.setup("fit")
-            x, _ = next(iter(datamodule.train_dataloader()))
-            assert task(x).shape == (x.shape[0], 10)
-            trainer = RUNNER.build_trainer(
-                spec.settings, fake_data / "logs", spec.name, 0, progress_bar=False
-            )
-            names = {type(c).__name__ for c in trainer.callbacks}
-            assert ({"TrustRegionMonitor", "SkippedUpdateCounter"} <= names) == closure
+        if preset != "smoke":  # the config is valid for LightningCLI (building all would take minutes)
+            RUNNER.lightning_config(spec.settings, seed=0, data_dir=fake_data)
+            continue
+        # smoke: instantiate through LightningCLI, a forward pass on the fake data, the Trainer's callbacks
+        cli = RUNNER.instantiate(
+            RUNNER.lightning_config(spec.settings, seed=0, data_dir=fake_data, progress_bar=False)
+        )
+        task, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
+        assert datamodule.batch_size == spec.settings["batch_size"]
+        datamodule.setup("fit")
+        x, _ = next(iter(datamodule.train_dataloader()))
+        assert task(x).shape == (x.shape[0], 10)
+        names = {type(c).__name__ for c in trainer.callbacks}
+        assert ({"TrustRegionMonitor", "SkippedUpdateCounter"} <= names) == closure
+        assert type(trainer.strategy).__name__.startswith("SQN") == closure
 
 
 def _settings(name: str, preset: str = "paper") -> dict[str, dict]:
@@ -137,7 +140,8 @@ def test_table1_and_resnet_recipes_use_the_papers_settings() -> None:
 
 def test_trust_region_factors_reach_the_optimizer() -> None:
     settings = _settings("fig6_sweeps/radius")["dec0.2_inc1.2"]
-    policy = RUNNER.build_task(settings).configure_optimizers()._stepper.policy
+    cli = RUNNER.instantiate(RUNNER.lightning_config(settings, seed=0, data_dir="unused"))
+    policy = cli.model.configure_optimizers()._stepper.policy
     assert (policy.decrease, policy.increase, policy.low, policy.high) == (0.2, 1.2, 0.1, 0.75)
 
 

@@ -101,3 +101,28 @@ def test_skip_existing_leaves_finished_runs_alone(smoke, fake_data, capsys) -> N
     assert RUNNER.main([*argv, "--skip-existing", "--no-progress-bar"]) == 0
     assert capsys.readouterr().out.count("done already, skipped") == 3
     assert summary.read_text() == before
+
+
+def test_saved_lightning_cli_config_repeats_the_run(smoke, tmp_path) -> None:
+    """Every run leaves ``config.yaml`` (LightningCLI's format); ``lightning-sqn fit --config`` on it, with
+    the logs sent elsewhere, trains the same run again: the same test error and training loss curves."""
+    import yaml
+
+    from lightning_sqn.cli import main as lightning_sqn_main
+
+    out = smoke("fig1_mnist_lenet")
+    seed_dir = out / "fig1_mnist_lenet" / "no_bn" / "lsr1" / "seed_0"
+    saved = yaml.safe_load((seed_dir / "config.yaml").read_text())
+    assert saved["model"]["optimizer"] == "lsr1" and saved["trainer"]["strategy"] == "sqn"
+    assert saved["model"]["model"]["class_path"] == "lightning_sqn.problems.models.lenet5_mnist"
+    assert saved["data"]["class_path"] == "lightning_sqn.problems.MNISTDataModule"
+    argv = ["fit", "--config", str(seed_dir / "config.yaml")]
+    argv += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
+    assert lightning_sqn_main(argv) == 0
+    again = tmp_path / "no_bn" / "lsr1"
+    assert (again / "seed_0" / "config.yaml").is_file()
+    for tag in ("test/error", "train/loss"):
+        first_steps, first = load_scalars(out / "fig1_mnist_lenet" / "no_bn", tag)["lsr1"][0]
+        steps, values = load_scalars(tmp_path / "no_bn", tag)["lsr1"][0]
+        assert steps.tolist() == first_steps.tolist() and len(values) > 0
+        assert values.tolist() == pytest.approx(first.tolist(), rel=1e-6), tag
