@@ -67,13 +67,21 @@ class Regression(L.LightningModule):
             )
         if self.optimizer_name == "slbfgs_hessian":
             return lightning_sqn.SampledLBFGS(self.parameters(), memory=4, sample_radius=0.1, seed=3)
-        if self.optimizer_name in ("hessian_free_ggn", "hessian_free_hessian"):
-            curvature = self.optimizer_name.removeprefix("hessian_free_")
+        if self.optimizer_name.startswith("hessian_free_"):
+            curvature = "hessian" if self.optimizer_name == "hessian_free_hessian" else "ggn"
+            # "_half": Martens' curvature mini-batch, the first half of each rank's batch. The shards
+            # interleave (rank r holds examples r, r + 2, ...), so the union of the ranks' halves is the
+            # first half of the single process's double batch, and the products must agree.
+            fraction = 0.5 if self.optimizer_name.endswith("_half") else 1.0
             # A short CG (cap 6): run to Martens' progress rule, CG's last iterates differ in the loss
             # only at ~1e-12, so CG backtracking compares near-ties, and the rounding difference between
             # the all-reduced and the single-process sums can flip its choice (both choices are right).
             opt = lightning_sqn.HessianFree(
-                self.parameters(), curvature=curvature, loss="mse", max_cg_iters=6
+                self.parameters(),
+                curvature=curvature,
+                loss="mse",
+                max_cg_iters=6,
+                curvature_batch_fraction=fraction,
             )
             # training_step calls self.net(x), not self(x): watch the network itself (GGN products and
             # the per-example gradients of the preconditioner, on each rank's shard)
@@ -219,6 +227,7 @@ OPTIMIZER_CASES = (
     "slsr1_gradient",
     "slbfgs_hessian",
     "hessian_free_ggn",
+    "hessian_free_ggn_half",
     "hessian_free_hessian",
     "trust_region_newton",
 )
