@@ -217,7 +217,12 @@ def final_values(data: Scalars) -> dict[str, dict[Seed, float]]:
 
 
 # ---------------------------------------------------------------------------------------------- tables
-def _fmt(mean: float, std: float, digits: int) -> str:
+def format_mean_std(values: Sequence[float], digits: int = 2) -> str:
+    """``"mean ± std"`` over the seeds (sample std, ddof=1); a single seed's value alone (no spread to
+    report)."""
+    mean, std = _mean_std(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
@@ -234,7 +239,7 @@ def final_table(data: Scalars, *, label: str = "final test error (%)", digits: i
     """One row per run: number of seeds and the final value, mean ± std over seeds."""
     rows = []
     for run, seeds in sorted(final_values(data).items()):
-        rows.append([run, len(seeds), _fmt(*_mean_std(list(seeds.values())), digits)])
+        rows.append([run, len(seeds), format_mean_std(list(seeds.values()), digits)])
     return markdown_table(["run", "seeds", label], rows)
 
 
@@ -242,7 +247,7 @@ def _target_cell(per_seed: Mapping[Seed, int | None]) -> str:
     reached = [e for e in per_seed.values() if e is not None]
     if not reached:
         return "not reached"
-    cell = _fmt(*_mean_std(reached), 1)
+    cell = format_mean_std(reached, 1)
     if len(reached) < len(per_seed):
         cell += f" ({len(reached)}/{len(per_seed)} seeds)"
     return cell
@@ -299,7 +304,7 @@ def skipped_table(total: Scalars, per_epoch: Scalars | None = None) -> str:
         header.append("max per epoch (%)")
     rows = []
     for run, seeds in sorted(final_values(total).items()):
-        row: list[object] = [run, len(seeds), _fmt(*_mean_std(list(seeds.values())), 2)]
+        row: list[object] = [run, len(seeds), format_mean_std(list(seeds.values()), 2)]
         if per_epoch is not None:
             series = per_epoch.get(run, {})
             row.append(f"{max(float(v.max()) for _, v in series.values()):.2f}" if series else "")
@@ -451,6 +456,7 @@ __all__ = [
     "epochs_to_target",
     "final_table",
     "final_values",
+    "format_mean_std",
     "load_scalars",
     "main",
     "markdown_table",

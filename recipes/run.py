@@ -438,12 +438,9 @@ def fit(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- report
 def _table_cell(values: Sequence[float], digits: int = 2) -> str:
-    import numpy as np
+    from lightning_sqn.report import format_mean_std
 
-    a = np.asarray(values, dtype=float)
-    if a.size == 1:
-        return f"{a[0]:.{digits}f}"
-    return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}"
+    return format_mean_std(values, digits)
 
 
 def _epoch_table(data: Mapping[str, Mapping[Any, Any]], order: Sequence[str]) -> str:

@@ -95,7 +95,7 @@ def test_markdown_tables(logs):
         "| run | epochs to test error ≤ 1.5 | paper | epochs to test error ≤ 5 | paper |\n"
         "|---|---|---|---|---|\n"
         "| lsr1 | 3.0 ± 0.0 | 5 | 1.0 ± 0.0 |  |\n"
-        "| nag | 4.0 ± 0.0 (1/2 seeds) |  | 2.5 ± 0.7 | 35 |"
+        "| nag | 4.0 (1/2 seeds) |  | 2.5 ± 0.7 | 35 |"
     )
     assert "not reached" in report.target_table(data, [0.5])
     skipped = report.skipped_table(
@@ -124,7 +124,7 @@ def test_main_writes_report_and_figures(logs, tmp_path, capsys):
     assert report.main(["--logs", str(logs), "--out", str(out), "--targets", "1.5"]) == 0
     text = (out / "report.md").read_text(encoding="utf-8")
     assert capsys.readouterr().out == text + "\n"
-    assert "| lsr1 | 3.0 ± 0.0 |" in text and "| nag | 4.0 ± 0.0 (1/2 seeds) |" in text
+    assert "| lsr1 | 3.0 ± 0.0 |" in text and "| nag | 4.0 (1/2 seeds) |" in text
     assert "| lsr1 | 2 | 3.00 ± 1.41 | 8.00 |" in text
     for name in ("test_error_epoch.png", "test_error_time.png"):
         assert (out / name).stat().st_size > 1000 and f"({name})" in text
@@ -137,3 +137,10 @@ def test_errors(tmp_path):
         report.load_scalars(tmp_path, "test/error", x="time")
     with pytest.raises(SystemExit):
         report.main(["--logs", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+
+
+def test_format_mean_std_shows_the_spread_only_over_several_seeds() -> None:
+    from lightning_sqn.report import format_mean_std
+
+    assert format_mean_std([2.5]) == "2.50"
+    assert format_mean_std([1.0, 3.0], 1) == "2.0 ± 1.4"  # sample std (ddof=1): sqrt(2)
