@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
@@ -250,6 +251,93 @@ def ggn_matvec(fmod: FunctionalModule, loss: GGNLoss, inputs: Tensor) -> Callabl
     return matvec
 
 
+def _linear_layout(fmod: FunctionalModule) -> list[tuple[nn.Linear, int | None, int | None]] | None:
+    """``(layer, primal index of its weight, of its bias)`` for every ``nn.Linear`` of the watched module
+    when the per-layer rule of :func:`linear_fisher_diagonal` applies: every module that holds parameters
+    is exactly ``nn.Linear`` (no subclass, no other layer), no parameter is shared, and no BatchNorm runs
+    in training mode (examples would interact). ``None`` otherwise."""
+    index = {id(p): i for i, p in enumerate(fmod.flat.params)}
+    seen: set[int] = set()
+    layers = []
+    for module in fmod.module.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            return None
+        own = list(module.parameters(recurse=False))
+        if not own:
+            continue
+        if type(module) is not nn.Linear or any(id(p) in seen for p in own):
+            return None
+        seen.update(id(p) for p in own)
+        bias = module.bias
+        layers.append((module, index.get(id(module.weight)), None if bias is None else index.get(id(bias))))
+    return layers
+
+
+def linear_fisher_diagonal(fmod: FunctionalModule, inputs: Tensor, output_grads: Tensor) -> Tensor | None:
+    """:math:`\\sum_i \\nabla f_i \\odot \\nabla f_i` by the per-layer rule, for networks of ``nn.Linear``
+    layers and parameter-free elementwise layers; ``None`` where the rule does not apply.
+
+    For a linear layer :math:`z_l = W_l a_l + b_l` the gradient of the ``i``-th term
+    :math:`\\langle f(x_i), e_i \\rangle` is :math:`\\delta_{l,i} a_{l,i}^\\top` (weight) and
+    :math:`\\delta_{l,i}` (bias), with :math:`\\delta_{l,i} = \\partial \\langle f(x_i), e_i \\rangle /
+    \\partial z_{l,i}`. So the sums of squares are :math:`(\\delta_l \\odot \\delta_l)^\\top (a_l \\odot
+    a_l)` and :math:`\\sum_i \\delta_{l,i} \\odot \\delta_{l,i}`: one forward and one backward over all
+    examples at once plus one matrix product per layer, instead of one gradient per example (Martens
+    computes the squared per-case gradients in the backward pass the same way). It is exact when each
+    layer is called once per forward on ``(examples, features)`` inputs and the examples do not interact;
+    ``None`` (use the per-example path) when a layer is called several times or on inputs with more
+    dimensions, or the module has other parameterised layers (see ``_linear_layout``).
+
+    Args:
+        fmod: the module as a function of the optimized parameters.
+        inputs: the ``K`` examples.
+        output_grads: :math:`e_i`, the module-output gradients of the loss for those examples.
+
+    Returns:
+        The flat sum over the ``K`` examples (not scaled), or ``None``.
+    """
+    layout = _linear_layout(fmod)
+    if layout is None:
+        return None
+    records: dict[int, list[tuple[Tensor, Tensor]]] = {}
+
+    def hook(layer_index: int) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
+            records.setdefault(layer_index, []).append((args[0], out))
+
+        return record
+
+    handles = [layer.register_forward_hook(hook(i)) for i, (layer, _, _) in enumerate(layout)]
+    try:
+        primals = tuple(p.detach().requires_grad_(True) for p in fmod.primals())
+        with torch.enable_grad():
+            z = fmod(primals, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    calls = [records.get(i, []) for i in range(len(layout))]
+    K = inputs.shape[0]
+    if any(len(c) != 1 or c[0][0].dim() != 2 or c[0][0].shape[0] != K for c in calls):
+        return None  # a layer called twice, or whose rows are not the examples
+    # layers with an optimized weight or bias (their outputs depend on it, so they are in the graph)
+    wanted = [i for i, (_, w, b) in enumerate(layout) if w is not None or b is not None]
+    deltas = torch.autograd.grad(
+        (z * output_grads.to(z.dtype)).sum(), [calls[i][0][1] for i in wanted], allow_unused=True
+    )
+    dtype = fmod.flat.new_zeros().dtype
+    squares: list[Tensor | None] = [None] * len(fmod.flat.params)  # None: zero (a layer off the output)
+    for i, delta in zip(wanted, deltas, strict=True):
+        if delta is None:  # the layer does not reach the output: its gradients are zero
+            continue
+        _, w_index, b_index = layout[i]
+        d2 = delta.detach().to(dtype).square()
+        if w_index is not None:
+            squares[w_index] = d2.T @ calls[i][0][0].detach().to(dtype).square()
+        if b_index is not None:
+            squares[b_index] = d2.sum(0)
+    return fmod.flat.flatten(squares)
+
+
 def fisher_diagonal(fmod: FunctionalModule, batch: CapturedBatch, num_examples: int) -> Tensor:
     """Diagonal of the empirical Fisher matrix of the first ``K = num_examples`` examples.
 
@@ -266,7 +354,9 @@ def fisher_diagonal(fmod: FunctionalModule, batch: CapturedBatch, num_examples: 
 
     Martens' ``diag(sum_i grad f_i^2)`` (slide "Our HF method": the preconditioner) for his summed
     objective, rescaled to our mean loss, i.e. on the scale of :math:`G` and the damping
-    :math:`\\lambda` for any batch size. The per-example gradients are computed by
+    :math:`\\lambda` for any batch size. Networks of ``nn.Linear`` layers (and parameter-free
+    elementwise layers) use the per-layer rule of :func:`linear_fisher_diagonal` (one forward and one
+    backward over the K examples); otherwise the per-example gradients are computed by
     ``vmap(grad(...))`` over chunks of examples (``chunk * n <=`` :data:`PER_EXAMPLE_ELEMENTS`), each
     example forwarded alone: this assumes examples do not interact in the forward (no BatchNorm in
     training mode) and the loss is a mean of per-example terms.
@@ -287,6 +377,9 @@ def fisher_diagonal(fmod: FunctionalModule, batch: CapturedBatch, num_examples: 
         )
     B, K = batch.batch_size, num_examples
     X, E = batch.inputs[:K], batch.output_grad[:K]
+    fast = linear_fisher_diagonal(fmod, X, E)
+    if fast is not None:
+        return fast.mul_(B * B / K)
     primals = fmod.primals()
 
     def inner(ps: tuple[Tensor, ...], x: Tensor, e: Tensor) -> Tensor:
@@ -310,4 +403,5 @@ __all__ = [
     "FunctionalModule",
     "fisher_diagonal",
     "ggn_matvec",
+    "linear_fisher_diagonal",
 ]

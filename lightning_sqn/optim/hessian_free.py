@@ -169,9 +169,11 @@ class HessianFree(QuasiNewtonOptimizer):
     direction of negative curvature (lambda then grows).
 
     **Preconditioner** (``preconditioner=True``): ``D = (1/K) sum_{i<K} grad l_i ⊙ grad l_i``, the
-    diagonal of the empirical Fisher matrix of the curvature mini-batch, from per-example gradients
-    computed with ``torch.func`` (``vmap`` of ``grad`` over the captured examples, in chunks; see
-    :func:`~lightning_sqn.curvature.capture.fisher_diagonal`): Martens' ``sum_i grad f_i ⊙ grad f_i``
+    diagonal of the empirical Fisher matrix of the curvature mini-batch (see
+    :func:`~lightning_sqn.curvature.capture.fisher_diagonal`): for networks of ``nn.Linear`` layers by
+    the per-layer rule ``(delta^2)^T (a^2)`` from one forward and backward over the K examples, for
+    other networks from per-example gradients (``vmap`` of ``grad``, in chunks): Martens'
+    ``sum_i grad f_i ⊙ grad f_i``
     for his summed objective ``f = sum_i f_i``, scaled to our mean loss (the scale of G and lambda).
     It needs the captured input and output in both curvature modes (Lightning's ``sqn``/``ddp_sqn``
     watch the LightningModule automatically); without a watched module (e.g. a closure that is not a
@@ -180,10 +182,11 @@ class HessianFree(QuasiNewtonOptimizer):
     estimate, not Martens' preconditioner).
 
     **Cost per step**: 1 closure evaluation for g (keeping the graph with ``"hessian"``), one product
-    per CG iteration (plus one for a warm start's initial residual), the preconditioner (about one
-    batched backward over K examples), and ``b + l`` further closure evaluations (backtracking over
-    stored iterates, then line-search trials other than alpha = 1); ``last_step`` reports them
-    (``closure_evals``, ``curvature_products``, ``cg_iterations``).
+    per CG iteration (plus one for a warm start's initial residual), the preconditioner (one forward and
+    backward over K examples by the per-layer rule; far more by per-example gradients), and ``b + l``
+    further closure evaluations (backtracking over stored iterates, then line-search trials other than
+    alpha = 1); ``last_step`` reports them (``closure_evals``, ``curvature_products``,
+    ``cg_iterations``).
 
     ``last_step`` publishes ``damping`` (lambda used), ``rho``, ``cg_iterations``, ``cg_reason`` (a
     :class:`KrylovExit` code), ``backtrack_index`` (CG iteration of the chosen iterate),
