@@ -113,6 +113,17 @@ class FlatParams:
         """Write a flat vector into the parameters (cast to each parameter's dtype)."""
         torch._foreach_copy_(self.params, self.views(flat))
 
+    def keep_if(self, accepted: Tensor, x: Tensor, x_trial: Tensor, out: Tensor | None = None) -> None:
+        """After a trust-region trial (the parameters hold ``x_trial``): keep it if ``accepted`` (a bool
+        tensor), else restore ``x``. On the CPU, where reading a tensor costs no device synchronisation,
+        it branches on the host (and writes nothing when accepted); elsewhere it selects on the device
+        (``torch.where``, into ``out`` if given)."""
+        if self.device.type == "cpu":
+            if not bool(accepted):
+                self.set_params(x)
+        else:
+            self.set_params(torch.where(accepted, x_trial, x, out=out))
+
     @torch.no_grad()
     def add_to_params(self, flat: Tensor, alpha: float = 1.0) -> None:
         """x <- x + alpha * flat, in place on the parameters."""

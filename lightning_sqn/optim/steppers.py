@@ -144,11 +144,7 @@ class TrustRegionStepper:
             dropped = torch.zeros((), dtype=torch.long, device=flat.device)
         next_radius = policy.update_radius(radius, rho, res.step_norm)
         self.radius.copy_(next_radius)
-        if flat.device.type == "cpu":  # reading a CPU tensor costs no device synchronisation
-            if not bool(accepted):
-                flat.set_params(x)  # the parameters hold x_k + s_k since the trial evaluation
-        else:
-            flat.set_params(torch.where(accepted, self.x_trial, x, out=self.x))
+        flat.keep_if(accepted, x, self.x_trial, out=self.x)  # the parameters hold x_k + s_k
         # the trial point is the latest evaluation (sampling may have evaluated in between)
         opt._commit_running_stats(accepted, if_accepted=opt._evals_this_step - 1, if_rejected=0)
         eig_min, eig_max, negative = (

@@ -294,11 +294,7 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
         next_radius = policy.update_radius(radius, rho, res.step_norm)
         self.radius.copy_(next_radius)
         self._update_v.copy_(accepted)
-        if flat.device.type == "cpu":  # reading a CPU tensor costs no device synchronisation
-            if not bool(accepted):
-                flat.set_params(x)
-        else:
-            flat.set_params(torch.where(accepted, self._x_trial, x))
+        flat.keep_if(accepted, x, self._x_trial)
         self._commit_running_stats(accepted, if_accepted=1, if_rejected=0)
         self._steps_taken += 1
         return StepStats(
