@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from lightning_sqn._device import host_reads_are_free
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -118,7 +120,7 @@ class FlatParams:
         tensor), else restore ``x``. On the CPU, where reading a tensor costs no device synchronisation,
         it branches on the host (and writes nothing when accepted); elsewhere it selects on the device
         (``torch.where``, into ``out`` if given)."""
-        if self.device.type == "cpu":
+        if host_reads_are_free(self.device):
             if not bool(accepted):
                 self.set_params(x)
         else:

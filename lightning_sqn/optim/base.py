@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_sqn._device import read_to_host
 from lightning_sqn._flat import FlatParams
 from lightning_sqn.curvature.graph import (
     GRAPH_MISSING,
@@ -318,21 +319,23 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
             loss = self.communicator.all_reduce_mean(loss)
         return loss
 
-    def _check_finite_start(self, f: Tensor, g: Tensor) -> Tensor:
-        """Raise if f(x_k) or g(x_k) is not finite (one host sync per step); return g^T g.
+    def _check_finite_start(self, f: Tensor, g: Tensor) -> tuple[Tensor, float]:
+        """Raise if f(x_k) or g(x_k) is not finite (one host read per step); return (g^T g, f(x_k)),
+        the latter as a Python float (read together with g^T g, for callers that decide on the host).
 
         g^T g is finite exactly when g is (an overflowing g is refused too), so one dot product serves
         the check and the callers' ||g||.
         """
         gg = g @ g
-        if not bool(f.isfinite() & gg.isfinite()):
-            what = "loss" if not bool(f.isfinite()) else "gradient"
+        f_host, gg_host = read_to_host(f, gg)
+        if not (math.isfinite(f_host) and math.isfinite(gg_host)):
+            what = "loss" if not math.isfinite(f_host) else "gradient"
             raise NonFiniteLossError(
                 f"{type(self).__name__}: the {what} at the current parameters is not finite, so no step can "
                 "be computed. Parameters and curvature memory are unchanged. Check the data, the model's "
                 "initialisation and the loss (e.g. log of zero)."
             )
-        return gg
+        return gg, f_host
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         """Perform one optimization step; returns f(x_k) (the loss before the step).

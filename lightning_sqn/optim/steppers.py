@@ -3,10 +3,14 @@
 * :class:`TrustRegionStepper`: Alg. 1 of Ramamurthy & Duffy (L-SR1 with trust region), for any
   curvature model that solves its own trust-region subproblem. Exactly two closure evaluations per step
   (f, g at x_k and at x_k + s_k, on the same mini-batch); accept/reject and the radius are device-side
-  ``torch.where`` decisions, so the step has a single host synchronisation (the finiteness check of
-  f(x_k)).
+  ``torch.where`` decisions, so the step reads the host once itself (the finiteness check of f(x_k));
+  on CUDA the model's small eigendecompositions add one status read each (torch has no ``eigh_ex``).
 * :class:`LineSearchStepper`: Alg. 2 (L-SR1 with line search), also L-BFGS and dense BFGS: direction
-  d = -H g, a line-search object along d, then the pair (s, y). Line searches decide on the host.
+  d = -H g, a line-search object along d, then the pair (s, y). Line searches decide on the host: one
+  read for f(x_k) and the finiteness check, one for g^T d, ||d|| and the pair count, one per trial point.
+
+Which form a decision takes (host branch or device select) is chosen by
+:func:`lightning_sqn._device.host_reads_are_free`; ``tests/optim/test_host_reads.py`` counts the reads.
 
 A curvature model is anything implementing :class:`TrustRegionModel` or :class:`LineSearchModel`.
 """
@@ -19,6 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from lightning_sqn._device import read_to_host
 from lightning_sqn.globalization.linesearch import LineSearch
 from lightning_sqn.globalization.trust_region import TrustRegionPolicy
 from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
@@ -116,7 +121,7 @@ class TrustRegionStepper:
         x = flat.gather_params(self.x)
         refresh = self.refresh
         f0 = opt._evaluate(closure, self.g, create_graph=refresh is not None and refresh.needs_graph)
-        gg = opt._check_finite_start(f0, self.g)
+        gg, _ = opt._check_finite_start(f0, self.g)
         g = self.g
         if refresh is not None:
             refresh.refresh(closure, x, g)
@@ -228,29 +233,29 @@ class LineSearchStepper:
         x = flat.gather_params(self.x)
         refresh = self.refresh
         f0 = opt._evaluate(closure, self.g, create_graph=refresh is not None and refresh.needs_graph)
-        opt._check_finite_start(f0, self.g)
+        _, f0_host = opt._check_finite_start(f0, self.g)
         if forget:
             self.model.reset()
         g = self.g
         if refresh is not None:
             refresh.refresh(closure, x, g)
         d = self.model.direction(g)
-        dphi0 = float(g @ d)
+        # One host read for the three values the host decisions below need.
+        dphi0, dnorm, pairs = read_to_host(g @ d, torch.linalg.vector_norm(d), self.model.pairs())
         fallback = not (dphi0 < 0.0)
         if fallback:
             # -H g is not a descent direction (SR1's H may be indefinite): take the scaled
             # steepest-descent direction -g / gamma for this step. The memory is kept: the pair from
             # this step may repair the indefiniteness (clearing it here measured slower on Rosenbrock).
             d = -g / self.model.gamma()
-            dphi0 = float(g @ d)
-        dnorm = float(torch.linalg.vector_norm(d))
+            dphi0, dnorm = read_to_host(g @ d, torch.linalg.vector_norm(d))
         device = flat.device
         false = torch.zeros((), dtype=torch.bool, device=device)
         self.last_alpha = 0.0
         if not dnorm > 0.0:  # g = 0: stationary point, nothing to do
             opt._commit_running_stats(False, if_accepted=0, if_rejected=0)
             return self._finish(self._stats(f0, f0, false, 0.0, false, None, fallback)), False
-        if int(self.model.pairs()) == 0:
+        if pairs == 0:
             alpha0 = self.lr * min(1.0, 1.0 / dnorm)
         elif self.initial_step == "doubling":
             alpha0 = min(self.lr, 2.0 * self.prev_alpha)
@@ -263,16 +268,17 @@ class LineSearchStepper:
             flat.set_params(torch.add(x, d, alpha=alpha))
             f = opt._evaluate(closure, self.g_trial)
             evaluated["alpha"] = alpha
-            return float(f), float(self.g_trial @ d)
+            f_alpha, dphi = read_to_host(f, self.g_trial @ d)
+            return f_alpha, dphi
 
         if self.line_search is None:
             f_trial, _ = phi(alpha0)
             alpha, ls = alpha0, None
             ok = math.isfinite(f_trial)  # a fixed-step method has no test: any finite trial is taken
         else:
-            ls = self.line_search.search(phi, float(f0), dphi0, alpha0)
+            ls = self.line_search.search(phi, f0_host, dphi0, alpha0)
             alpha = ls.step_length
-            ok = alpha > 0.0 and ls.f < float(f0)
+            ok = alpha > 0.0 and ls.f < f0_host
             f_trial = ls.f
         if ok and evaluated["alpha"] != alpha:
             phi(alpha)  # gradient at the chosen point is needed for y_k

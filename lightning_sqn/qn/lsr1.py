@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_sqn._device import select_row
 from lightning_sqn.qn.base import LimitedMemoryMatrix, check_gamma
 
 GammaChoice = Literal["scaled", "eigen"]
@@ -286,13 +287,15 @@ class LSR1Matrix(LimitedMemoryMatrix):
         zero = torch.zeros((), dtype=inv.dtype, device=inv.device)
         u_norm = torch.where(cands, torch.diagonal(UU), zero).sum(1).clamp_min(0).sqrt()  # ||U||_F
         size = torch.where(cands, torch.diagonal(VV), zero).sum(1).clamp_min(0).sqrt() + b0.abs() * u_norm
-        lam_m = torch.linalg.eigvalsh(inv).abs()
-        ok = (lam_m > tol * (u_norm * size)[:, None]).sum(1) == count
+        if primal:  # one batched call for both (on CUDA each call reads its status back to the host)
+            lam_m, lam_g = torch.linalg.eigvalsh(torch.cat((inv, gram))).split(inv.shape[0])
+        else:
+            lam_m = torch.linalg.eigvalsh(inv)
+        ok = (lam_m.abs() > tol * (u_norm * size)[:, None]).sum(1) == count
         if primal:
-            lam_g = torch.linalg.eigvalsh(gram)
             ok &= (lam_g > tol * tol * (size * size)[:, None]).sum(1) == count
         first = torch.argmax(ok.to(torch.int8))  # the last candidate (no pairs) always passes
-        mem.keep(cands[first])
+        mem.keep(select_row(cands, first))
 
 
 __all__ = ["CompactFactors", "LSR1Matrix"]

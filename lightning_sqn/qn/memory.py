@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_sqn._device import host_reads_are_free, one_hot_mask
+
 
 class PairMemory:
     """Ring buffer of m curvature pairs of dimension n.
@@ -143,7 +145,7 @@ class PairMemory:
         m = self.m
         # Slot: an empty one if any (serial -1 sorts first), else the oldest active pair.
         slot = torch.where(self.active, self.serial, torch.full_like(self.serial, -1)).argmin()
-        onehot = torch.nn.functional.one_hot(slot, m).to(torch.bool) & store
+        onehot = one_hot_mask(slot, m) & store
         # Row/column `slot` of the Gram matrices: products with the new pair, its own inner products on
         # the diagonal. Entries of other rows/columns are left as they are.
         ss, sy, yy = (s @ s, s @ y, y @ y) if dots is None else dots
@@ -151,7 +153,7 @@ class PairMemory:
         self._set_row_col(self.SS, onehot, Ss, Ss, ss)
         self._set_row_col(self.SY, onehot, Ys, Sy, sy)  # SY[slot, j] = s^T y_j, SY[i, slot] = s_i^T y
         self._set_row_col(self.YY, onehot, Yy, Yy, yy)
-        if self.SY_buf.device.type == "cpu":
+        if host_reads_are_free(self.SY_buf.device):
             # Reading a CPU tensor costs no device synchronisation: write the rows only when stored.
             if bool(store):
                 j = int(slot)

@@ -24,8 +24,9 @@ exactly, working only with m x m matrices:
 
 The step is returned as p = c_g g + [S Y] c, so forming it costs one pass over the pair buffer; the
 predicted reduction and ||p|| come from the spectral coordinates. Every operation is a fixed-shape
-device operation (the Newton iteration runs a fixed number of steps, frozen once converged), so the
-solver never synchronises with the host.
+device operation (the Newton iteration runs a fixed number of steps on an accelerator, frozen once
+converged), so the solver never reads a value back itself; on CUDA its two ``torch.linalg.eigh`` calls
+each read their cuSOLVER status back (torch offers no ``eigh_ex``).
 
 We require gamma > 0 (see :class:`~lightning_sqn.qn.lsr1.LSR1Matrix`): then the model is bounded
 along the (n - r)-dimensional complement and the hard case can only arise in the parallel space.
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_sqn._device import host_reads_are_free, one_hot_mask
 from lightning_sqn.qn.lsr1 import CompactFactors, LSR1Matrix
 from lightning_sqn.subproblem.result import SubproblemStatus, TrustRegionResult
 
@@ -129,19 +131,28 @@ def solve_obs_small(
         w = torch.where(skip_min & on_min, zero, a)
         return torch.cat((w * w, a_perp_sq.reshape(1)))
 
-    def norm_sq(sigma: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
-        """||p(sigma)||^2 and sum w2 / (lambda + sigma)^3 (for phi')."""
-        d = torch.where(w2 == 0, torch.ones_like(lam_ext), lam_ext + sigma)
-        t = w2 / (d * d)
-        return t.sum(), (t / d).sum()
+    one = torch.ones_like(lam_ext)
+
+    def norm_sq(sigma: Tensor, w2: Tensor, weighted: Tensor) -> tuple[Tensor, Tensor]:
+        """||p(sigma)||^2 = sum w2 / (lambda + sigma)^2 and sum w2 / (lambda + sigma)^3 (for phi').
+
+        ``weighted`` = (w2 != 0): terms without weight get a unit denominator, so they never divide by
+        zero. Two dot products, so an iteration is a handful of device operations (on an accelerator
+        the loop below runs all ``newton_iters`` of them).
+        """
+        r = torch.where(weighted, lam_ext + sigma, one).reciprocal()
+        r2 = r * r
+        return torch.dot(w2, r2), torch.dot(w2 * r, r2)
 
     no_skip = torch.zeros((), dtype=torch.bool, device=device)
     # Interior candidate: sigma = 0 when B is positive definite.
-    q0, _ = norm_sq(zero, weights(no_skip))
+    w2_all = weights(no_skip)
+    q0, _ = norm_sq(zero, w2_all, w2_all != 0)
     interior = (lam_min > 0) & (q0 <= radius * radius)
     # Hard case: lambda_min <= 0, no component on its eigenspace, ||p(-lambda_min)|| <= Delta.
     hard_sigma = (-lam_min).clamp_min(0)
-    q_hard, _ = norm_sq(hard_sigma, weights(zero_on_min))
+    w2_hard = weights(zero_on_min)
+    q_hard, _ = norm_sq(hard_sigma, w2_hard, w2_hard != 0)
     hard = (~interior) & (lam_min <= 0) & zero_on_min & (q_hard <= radius * radius)
 
     # Boundary: Newton on phi(sigma) = 1/||p|| - 1/Delta from sigma_0 with phi(sigma_0) <= 0; phi is
@@ -151,19 +162,23 @@ def solve_obs_small(
     sigma0 = torch.where(lam_min > 0, zero, -lam_min + a_min / radius)
     skip = (lam_min <= 0) & zero_on_min
     w2 = weights(skip)
+    weighted = w2 != 0
     inv_radius = 1.0 / radius
+    tiny = torch.finfo(dtype).tiny
     sigma = sigma0
-    early_exit = device.type == "cpu"
+    early_exit = host_reads_are_free(device)
     for _ in range(newton_iters):
-        q, q3 = norm_sq(sigma, w2)
-        nrm = q.sqrt()
-        phi = 1.0 / nrm - inv_radius
-        step = torch.where((q3 > 0) & (phi < 0), phi * nrm * q / q3, zero)
+        q, q3 = norm_sq(sigma, w2, weighted)
+        # phi = 1/||p|| - 1/Delta, phi' = q3 / ||p||^3, so the Newton step is phi ||p||^3 / q3. Once
+        # phi >= 0 (the root, up to rounding) the iterate is frozen. q3 = 0 only if every weight is
+        # zero; then q = 0, phi = +inf and nothing moves.
+        phi = q.rsqrt() - inv_radius
+        step = torch.where(phi < 0, phi * q.pow(1.5) / q3.clamp_min(tiny), zero)
         sigma = sigma - step
         if early_exit and not bool(step.abs() > 4 * eps * sigma.abs()):
             break
-    q, _ = norm_sq(sigma, w2)
-    residual_phi = (1.0 / q.sqrt() - inv_radius).abs() * radius
+    q, _ = norm_sq(sigma, w2, weighted)
+    residual_phi = (q.rsqrt() - inv_radius).abs() * radius
 
     sigma = torch.where(interior, zero, torch.where(hard, hard_sigma, sigma))
     skip_terms = hard | skip
@@ -173,7 +188,7 @@ def solve_obs_small(
     dp = gamma + sigma
     perp_norm_sq = a_perp_sq / (dp * dp)
     # Hard case: add tau z along the first eigenvector of lambda_min, ||p|| = Delta, tau g^T z <= 0.
-    first_min = torch.nn.functional.one_hot(torch.argmax(on_min.to(torch.int8)), on_min.shape[0]).to(dtype)
+    first_min = one_hot_mask(torch.argmax(on_min.to(torch.int8)), on_min.shape[0]).to(dtype)
     tau = (radius * radius - (v_par * v_par).sum() - perp_norm_sq).clamp_min(0).sqrt()
     sign = torch.where((a * first_min).sum() > 0, -1.0, 1.0).to(dtype)
     v_par = v_par + torch.where(hard, sign * tau, zero) * first_min

@@ -20,6 +20,9 @@ from pairs import active_pairs
 
 from lightning_sqn.qn.lbfgs import LBFGSMatrix
 
+# Every test runs through the CPU (host-branching) and the accelerator (masked, no host reads) forms.
+pytestmark = pytest.mark.usefixtures("code_path")
+
 DTYPE = torch.float64
 
 

@@ -24,6 +24,9 @@ from pairs import active_pairs
 
 from lightning_sqn.qn.lsr1 import LSR1Matrix
 
+# Every test runs through the CPU (host-branching) and the accelerator (masked, no host reads) forms.
+pytestmark = pytest.mark.usefixtures("code_path")
+
 DTYPE = torch.float64
 
 

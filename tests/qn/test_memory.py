@@ -14,6 +14,9 @@ import torch
 
 from lightning_sqn.qn.memory import PairMemory
 
+# Every test runs through the CPU (host-branching) and the accelerator (masked, no host reads) forms.
+pytestmark = pytest.mark.usefixtures("code_path")
+
 DTYPE = torch.float64
 
 

@@ -17,6 +17,9 @@ from lightning_sqn.subproblem.exact import solve_exact
 from lightning_sqn.subproblem.obs import solve_obs
 from lightning_sqn.subproblem.result import SubproblemStatus
 
+# Every test runs through the CPU (host-branching) and the accelerator (masked, no host reads) forms.
+pytestmark = pytest.mark.usefixtures("code_path")
+
 DTYPE = torch.float64
 INTERIOR, BOUNDARY, HARD = SubproblemStatus.INTERIOR, SubproblemStatus.BOUNDARY, SubproblemStatus.HARD_CASE
 
