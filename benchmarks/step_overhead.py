@@ -10,6 +10,12 @@ launched them. Per step:
 * algebra ms: total step time minus closure ms (everything the optimizer does itself: flattening
   parameters and gradients, the curvature algebra, the subproblem or line-search logic, host syncs).
 
+Operation counts: after the timed steps every optimizer takes one more step inside
+``lightning_sqn._device.accelerator_code_path()`` under a ``HostReadCounter``. "ops/step" is the number
+of ATen operations dispatched outside the closure (on a GPU, roughly the kernels launched: the cost that
+dominates when the vectors are small), "host reads/step" the number of values read back to the host (on
+a GPU, each one waits for the queued kernels). The counts are the same on any device.
+
 Reported values are medians over the timed steps; "1 f+b" is the median duration of a single closure
 call, and "alg % f+b" is algebra ms as a percentage of it. "state" is the number of bytes of all
 tensors reachable from ``opt.state_dict()["state"]`` (distinct storages counted once), also given in
@@ -45,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import lightning_sqn
+from lightning_sqn._device import HostReadCounter, accelerator_code_path
 
 # ---------------------------------------------------------------------------------------------- models
 
@@ -129,6 +136,8 @@ class Result:
     algebra_s: list[float] = field(default_factory=list)  # step time minus closure time
     single_fb_s: list[float] = field(default_factory=list)  # every closure call of the timed steps
     state_bytes: int = 0
+    algebra_ops: int | None = None  # ATen operations outside the closure in one step (accelerator form)
+    host_reads: int | None = None  # values read back to the host in that step
     error: str | None = None
 
     @property
@@ -165,6 +174,8 @@ class Runner:
         self.result = Result(opt_name, model_name, sum(p.numel() for p in self.params))
         self.batch: tuple[Tensor, Tensor] | None = None
         self.call_times: list[float] = []  # durations of the closure calls of the current step
+        self.counter: HostReadCounter | None = None
+        self.closure_ops = 0
 
     def sync(self) -> None:
         if self.cuda:
@@ -177,8 +188,11 @@ class Runner:
             p.grad = None
         assert self.batch is not None
         x, y = self.batch
+        ops0 = self.counter.ops if self.counter is not None else 0
         loss = F.cross_entropy(self.model(x), y)
         loss.backward()
+        if self.counter is not None:
+            self.closure_ops += self.counter.ops - ops0
         self.sync()
         self.call_times.append(time.perf_counter() - t0)
         return loss
@@ -205,6 +219,22 @@ class Runner:
         res.closure_s.append(closure_total)
         res.algebra_s.append(total - closure_total)
         res.single_fb_s.extend(self.call_times)
+
+    def count_step(self, batch: tuple[Tensor, Tensor]) -> None:
+        """One more (untimed) step in the accelerator form of the hot paths, counting the ATen operations
+        outside the closure (on a GPU: about the kernels launched) and the host reads."""
+        if self.result.error is not None:
+            return
+        self.batch = batch
+        self.closure_ops = 0
+        with accelerator_code_path(), HostReadCounter() as counter:
+            self.counter = counter
+            try:
+                self.opt.step(self.closure)
+            finally:
+                self.counter = None
+        self.result.algebra_ops = counter.ops - self.closure_ops
+        self.result.host_reads = counter.host_reads
 
     def finish(self) -> Result:
         self.result.state_bytes = tensor_bytes(self.opt.state_dict()["state"])
@@ -234,6 +264,8 @@ def run_model(
             gc.collect()
     finally:
         gc.enable()
+    for runner in runners:
+        runner.count_step(batches[-1])
     return [r.finish() for r in runners]
 
 
@@ -256,6 +288,8 @@ def build_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
         "alg / torch",
         "state MiB",
         "state (n*4 B)",
+        "ops/step",
+        "host reads/step",
     ]
     torch_alg = {
         r.model: _median(r.algebra_s) for r in results if r.optimizer == TORCH_REFERENCE and r.algebra_s
@@ -280,6 +314,8 @@ def build_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
                 f"{alg / ref:.2f}x" if ref > 0 else "-",
                 f"{r.state_bytes / 2**20:.2f}",
                 f"{r.state_bytes / (4 * r.numel):.2f}",
+                "-" if r.algebra_ops is None else str(r.algebra_ops),
+                "-" if r.host_reads is None else str(r.host_reads),
             ]
         )
     return header, rows
@@ -427,6 +463,9 @@ def main(argv: list[str] | None = None) -> None:
         "state: bytes of tensors reachable from opt.state_dict()['state']; n*4 B = one float32 "
         "parameter vector.",
         "optimizers run interleaved: step k of each (in rotating order), then step k + 1.",
+        "ops/step, host reads/step: ATen operations outside the closure and values read back to the host in "
+        "one extra step taken in the accelerator form of the hot paths (lightning_sqn._device; on a GPU each "
+        "operation is about one kernel launch and each read a synchronisation).",
     ]
     loads = ", ".join(f"{m} {'n/a' if c is None else f'{c:.2f}'}" for m, c in other_load.items())
     notes.append(
