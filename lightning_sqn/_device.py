@@ -58,6 +58,14 @@ def select_row(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return rows.index_select(0, index.reshape(1))[0]
 
 
+def device_scalar(
+    value: float | int | bool, *, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
+    """A 0-dim tensor holding a Python value, made by a fill on ``device``: ``torch.tensor(value,
+    device=...)`` would build it on the host and copy it over (a blocking copy on an accelerator)."""
+    return torch.full((), value, dtype=dtype, device=device)
+
+
 def read_to_host(*values: torch.Tensor) -> list[float]:
     """Several 0-dim tensors as Python floats, with one device-to-host transfer for all of them (each
     ``float(t)`` would be a transfer and a synchronisation of its own). Counted by
@@ -101,6 +109,9 @@ class HostReadCounter(TorchDispatchMode):
             :func:`read_to_host` (which reads several values at once), and each operation of
             :data:`INTERNAL_HOST_READ_OPS` (which reads its status back on CUDA).
         linalg_reads: the part of ``host_reads`` due to :data:`INTERNAL_HOST_READ_OPS`.
+        host_writes: tensors made from host data (``torch.tensor(x, device=...)``, ``lift_fresh``): on
+            an accelerator each is a host-to-device copy, which PyTorch makes blocking. Python scalars
+            passed to an operation (``torch.where(c, 1, 0)``, ``x * 0.5``) are not copies.
         data_dependent: operations whose output shape depends on the data.
         by_op: ``Counter`` of operation names.
 
@@ -116,6 +127,7 @@ class HostReadCounter(TorchDispatchMode):
         self.ops = 0
         self.host_reads = 0
         self.linalg_reads = 0
+        self.host_writes = 0
         self.data_dependent = 0
         self.by_op: Counter[str] = Counter()
 
@@ -136,6 +148,8 @@ class HostReadCounter(TorchDispatchMode):
         elif name in INTERNAL_HOST_READ_OPS:
             self.host_reads += 1
             self.linalg_reads += 1
+        elif name in ("lift_fresh", "lift_fresh_copy"):
+            self.host_writes += 1
         elif name in DATA_DEPENDENT_SHAPE_OPS or (name in _MASK_INDEXING and _has_mask_index(args)):
             self.data_dependent += 1
         return func(*args, **(kwargs or {}))
@@ -146,6 +160,7 @@ __all__ = [
     "INTERNAL_HOST_READ_OPS",
     "HostReadCounter",
     "accelerator_code_path",
+    "device_scalar",
     "host_reads_are_free",
     "one_hot_mask",
     "read_to_host",

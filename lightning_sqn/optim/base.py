@@ -129,8 +129,11 @@ class Counters:
             self.skipped_pairs += stats.pairs_sampled - stats.pairs_kept
             return
         self.stored_pairs += stats.pair_stored.long()
-        offered_t = torch.as_tensor(offered, device=self.skipped_pairs.device)
-        self.skipped_pairs += (offered_t & ~stats.pair_stored).long()
+        if isinstance(offered, bool):  # a Python bool: no host-to-device copy of it
+            if offered:
+                self.skipped_pairs += (~stats.pair_stored).long()
+        else:
+            self.skipped_pairs += (offered & ~stats.pair_stored).long()
 
     def state_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

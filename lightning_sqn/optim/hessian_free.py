@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_sqn._device import device_scalar
 from lightning_sqn.curvature.capture import (
     CAPTURE_HINTS,
     CapturedBatch,
@@ -505,7 +506,7 @@ class HessianFree(QuasiNewtonOptimizer):
         flat = self._flat
 
         def t(v: float | bool) -> Tensor:
-            return torch.tensor(
+            return device_scalar(
                 v, dtype=torch.bool if isinstance(v, bool) else flat.dtype, device=flat.device
             )
 

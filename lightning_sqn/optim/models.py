@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_sqn._device import device_scalar
 from lightning_sqn.qn.base import LimitedMemoryMatrix
 from lightning_sqn.qn.dense import DenseQuasiNewton
 from lightning_sqn.qn.lbfgs import LBFGSMatrix
@@ -139,9 +140,9 @@ class SteihaugModel(LimitedMemoryModel):
         return TrustRegionResult(
             step=res.step,
             sigma=torch.zeros((), dtype=g.dtype, device=device),
-            hit_boundary=torch.tensor(res.hit_boundary, device=device),
+            hit_boundary=device_scalar(res.hit_boundary, dtype=torch.bool, device=device),
             predicted_reduction=res.predicted_reduction,
-            status=torch.tensor(int(status), device=device),
+            status=device_scalar(int(status), dtype=torch.long, device=device),
             eigenvalues=None,
             step_norm=res.step_norm,
         )

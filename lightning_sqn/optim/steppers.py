@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from lightning_sqn._device import read_to_host
+from lightning_sqn._device import device_scalar, read_to_host
 from lightning_sqn.globalization.linesearch import LineSearch
 from lightning_sqn.globalization.trust_region import TrustRegionPolicy
 from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
@@ -254,7 +254,7 @@ class LineSearchStepper:
         self.last_alpha = 0.0
         if not dnorm > 0.0:  # g = 0: stationary point, nothing to do
             opt._commit_running_stats(False, if_accepted=0, if_rejected=0)
-            return self._finish(self._stats(f0, f0, false, 0.0, false, None, fallback)), False
+            return self._finish(self._stats(f0, f0_host, false, 0.0, false, None, fallback)), False
         if pairs == 0:
             alpha0 = self.lr * min(1.0, 1.0 / dnorm)
         elif self.initial_step == "doubling":
@@ -289,7 +289,7 @@ class LineSearchStepper:
             flat.set_params(x)
             opt._commit_running_stats(False, if_accepted=0, if_rejected=0)
             self.model.reset()
-            stats = self._stats(f0, torch.tensor(f_trial, device=device), false, 0.0, false, ls, fallback)
+            stats = self._stats(f0, f_trial, false, 0.0, false, ls, fallback)
             return self._finish(stats), False
         # The parameters hold x + alpha d: the last evaluation was at the chosen step length
         # (re-evaluated above if needed), which is also where g_trial was taken.
@@ -302,9 +302,7 @@ class LineSearchStepper:
             stored, dropped = false, torch.zeros((), dtype=torch.long, device=device)
         self.prev_alpha = alpha
         true = torch.ones((), dtype=torch.bool, device=device)
-        stats = self._stats(
-            f0, torch.tensor(f_trial, device=device), true, alpha * dnorm, stored, ls, fallback
-        )
+        stats = self._stats(f0, f_trial, true, alpha * dnorm, stored, ls, fallback)
         stats.pairs_dropped = dropped
         return self._finish(stats), refresh is None
 
@@ -316,7 +314,7 @@ class LineSearchStepper:
     def _stats(
         self,
         f0: Tensor,
-        f1: Tensor,
+        f1: float,
         accepted: Tensor,
         step_norm: float,
         stored: Tensor,
@@ -328,10 +326,10 @@ class LineSearchStepper:
             loss=f0,
             closure_evals=self.opt._evals_this_step,
             accepted=accepted,
-            step_norm=torch.tensor(step_norm, dtype=flat.dtype, device=flat.device),
+            step_norm=device_scalar(step_norm, dtype=flat.dtype, device=flat.device),
             pair_stored=stored,
             pairs_in_memory=self.model.pairs(),
-            trial_loss=f1.to(flat.dtype),
+            trial_loss=device_scalar(f1, dtype=flat.dtype, device=flat.device),
             gamma=self.model.gamma(),
             step_length=self.last_alpha,
             line_search_success=None if ls is None else ls.success,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lightning_sqn._device import device_scalar
 from lightning_sqn.globalization.trust_region import TrustRegionPolicy
 from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
 from lightning_sqn.optim.hessian_free import KrylovExit
@@ -310,7 +311,7 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
             rho=rho,
             predicted_reduction=res.predicted_reduction,
             actual_reduction=ared,
-            subproblem_status=torch.tensor(int(_STATUS[res.reason]), device=flat.device),
+            subproblem_status=device_scalar(int(_STATUS[res.reason]), dtype=torch.long, device=flat.device),
             hessian_products=res.iterations,
             curvature_products=res.iterations,
             cg_iterations=res.iterations,

@@ -206,20 +206,10 @@ def solve_obs_small(
     pred = -(m_par + m_perp)
     step_norm = ((v_par * v_par).sum() + perp_norm_sq).sqrt()
 
-    status = torch.where(
-        interior,
-        torch.tensor(int(SubproblemStatus.INTERIOR), device=device),
-        torch.where(
-            hard,
-            torch.tensor(int(SubproblemStatus.HARD_CASE), device=device),
-            torch.tensor(int(SubproblemStatus.BOUNDARY), device=device),
-        ),
-    )
-    status = torch.where(
-        (g_norm_sq == 0) & (lam_min > 0),
-        torch.tensor(int(SubproblemStatus.ZERO_GRADIENT), device=device),
-        status,
-    )
+    # Python ints as torch.where scalars: no host-to-device copy (torch.tensor(..., device=) would be one).
+    status = torch.where(hard, int(SubproblemStatus.HARD_CASE), int(SubproblemStatus.BOUNDARY))
+    status = torch.where(interior, int(SubproblemStatus.INTERIOR), status)
+    status = torch.where((g_norm_sq == 0) & (lam_min > 0), int(SubproblemStatus.ZERO_GRADIENT), status)
     # gamma is an eigenvalue of B only if the perpendicular space exists (r < n); otherwise pad with
     # lambda_max of the parallel space so min/max stay those of B.
     lam_max_par = torch.where(kept_vec, lam, torch.full_like(lam, float("-inf"))).amax()

@@ -7,7 +7,8 @@ back on CUDA (torch has no ``eigh_ex``). The limited-memory trust-region methods
 finiteness check of f(x_k), g(x_k)) plus one read per eigendecomposition (OBS: two; rank repair: one
 batched call per offered pair; ``gamma="eigen"``: two more per offered pair); the line-search methods
 read once more for the direction and once per trial point. No step may use an operation whose output
-shape depends on the data. Both forms must compute the same iterates.
+shape depends on the data, and none may make a tensor from host data (a blocking host-to-device copy
+on an accelerator). Both forms must compute the same iterates.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import lightning_sqn
 from lightning_sqn._device import (
     HostReadCounter,
     accelerator_code_path,
+    device_scalar,
     one_hot_mask,
     read_to_host,
     select_row,
@@ -57,6 +59,8 @@ def counted_steps(
         with accelerator_code_path() if device_path else nullcontext(), HostReadCounter() as count:
             opt.step(closure.new_step(t))
         own = count.host_reads - count.linalg_reads
+        # a tensor made from host data is a blocking host-to-device copy on an accelerator: none allowed
+        assert count.host_writes == 0, (name, t)
         out.append((own, count.linalg_reads, count.data_dependent, opt.last_step.as_dict()))
     return out, model
 
@@ -145,6 +149,15 @@ def test_one_hot_mask_and_select_row_read_nothing() -> None:
     with HostReadCounter() as count:
         torch.nn.functional.one_hot(torch.tensor(1), 4)  # what one_hot_mask replaces: it reads back
     assert count.host_reads > 0
+
+
+def test_device_scalar_is_no_host_write() -> None:
+    with HostReadCounter() as count:
+        a = device_scalar(2.5, dtype=torch.float64, device="cpu")
+        b = device_scalar(True, dtype=torch.bool, device="cpu")
+        torch.tensor(2.5)  # what device_scalar replaces
+    assert a.dtype == torch.float64 and float(a) == 2.5 and a.ndim == 0 and bool(b)
+    assert count.host_writes == 1
 
 
 def test_read_to_host_is_one_read_of_all_values() -> None:
