@@ -21,6 +21,9 @@ exactly, working only with m x m matrices:
    (Newton's method on the secular equation phi(sigma) = 1/||p(sigma)|| - 1/Delta from a start with
    phi <= 0, where the iteration increases monotonically to the root); hard case (lambda_min <= 0, g
    has no component on its eigenspace and ||p(-lambda_min)|| <= Delta: add tau z, z the eigenvector).
+   Newton runs in the shifted variable t = sigma - max(-lambda_min, 0), so the denominators
+   lambda_i + sigma are gap_i + t and keep their digits when sigma is large and the root lies just
+   right of -lambda_min (``benchmarks/obs_newton_iterations.py``).
 
 The step is returned as p = c_g g + [S Y] c, so forming it costs one pass over the pair buffer; the
 predicted reduction and ||p|| come from the spectral coordinates. Every operation is a fixed-shape
@@ -59,6 +62,9 @@ class OBSSolution:
     #: gamma when r = n, where gamma is no eigenvalue of B)
     eigenvalues: Tensor
     residual_phi: Tensor  #: |phi(sigma)| at exit, for diagnostics
+    #: Newton iterations run on the secular equation: until no iterate moved where the solver branches
+    #: on the host (CPU), else the fixed ``newton_iters`` of the accelerator form
+    newton_iterations: int = 0
 
 
 def solve_obs_small(
@@ -126,6 +132,12 @@ def solve_obs_small(
     # squared weights [a_i^2, ||g_perp||^2]; zero weights (dropped slots, or the lambda_min terms left
     # out in the (near-)hard case) contribute nothing and never divide by zero.
     lam_ext = torch.cat((lam, gamma.reshape(1)))
+    # Shifted variable (Moré & Sorensen 1983): sigma = shift + t with shift = max(-lambda_min, 0), and
+    # the denominators lambda_i + sigma = gap_i + t with gap_i = lambda_i + shift >= 0 (exactly 0 for
+    # lambda_min). When -lambda_min is large and the root lies just right of that pole (nearly hard
+    # case), lambda_min + sigma formed directly would lose the digits that decide ||p||.
+    shift = (-lam_min).clamp_min(0)
+    gaps_ext = lam_ext + shift
 
     def weights(skip_min: Tensor) -> Tensor:
         w = torch.where(skip_min & on_min, zero, a)
@@ -133,59 +145,60 @@ def solve_obs_small(
 
     one = torch.ones_like(lam_ext)
 
-    def norm_sq(sigma: Tensor, w2: Tensor, weighted: Tensor) -> tuple[Tensor, Tensor]:
-        """||p(sigma)||^2 = sum w2 / (lambda + sigma)^2 and sum w2 / (lambda + sigma)^3 (for phi').
+    def norm_sq(t: Tensor, w2: Tensor, weighted: Tensor) -> tuple[Tensor, Tensor]:
+        """||p(sigma)||^2 = sum w2 / (gap + t)^2 and sum w2 / (gap + t)^3 (for phi'), sigma = shift + t.
 
         ``weighted`` = (w2 != 0): terms without weight get a unit denominator, so they never divide by
         zero. Two dot products, so an iteration is a handful of device operations (on an accelerator
         the loop below runs all ``newton_iters`` of them).
         """
-        r = torch.where(weighted, lam_ext + sigma, one).reciprocal()
+        r = torch.where(weighted, gaps_ext + t, one).reciprocal()
         r2 = r * r
         return torch.dot(w2, r2), torch.dot(w2 * r, r2)
 
     no_skip = torch.zeros((), dtype=torch.bool, device=device)
     # Interior candidate: sigma = 0 when B is positive definite.
     w2_all = weights(no_skip)
-    q0, _ = norm_sq(zero, w2_all, w2_all != 0)
+    q0, _ = norm_sq(-shift, w2_all, w2_all != 0)  # sigma = 0 (shift = 0 where it matters)
     interior = (lam_min > 0) & (q0 <= radius * radius)
     # Hard case: lambda_min <= 0, no component on its eigenspace, ||p(-lambda_min)|| <= Delta.
-    hard_sigma = (-lam_min).clamp_min(0)
     w2_hard = weights(zero_on_min)
-    q_hard, _ = norm_sq(hard_sigma, w2_hard, w2_hard != 0)
+    q_hard, _ = norm_sq(zero, w2_hard, w2_hard != 0)  # sigma = -lambda_min = shift
     hard = (~interior) & (lam_min <= 0) & zero_on_min & (q_hard <= radius * radius)
 
     # Boundary: Newton on phi(sigma) = 1/||p|| - 1/Delta from sigma_0 with phi(sigma_0) <= 0; phi is
     # concave and increasing there, so the iterates increase monotonically to the root. On the CPU the
     # loop stops once no iterate moves (reading a CPU tensor costs no device synchronisation); on an
     # accelerator it runs ``newton_iters`` fixed-shape steps, frozen once converged.
-    sigma0 = torch.where(lam_min > 0, zero, -lam_min + a_min / radius)
+    t = torch.where(lam_min > 0, zero, a_min / radius)  # sigma_0 = shift + a_min / Delta
     skip = (lam_min <= 0) & zero_on_min
     w2 = weights(skip)
     weighted = w2 != 0
     inv_radius = 1.0 / radius
     tiny = torch.finfo(dtype).tiny
-    sigma = sigma0
     early_exit = host_reads_are_free(device)
+    iterations = 0
     for _ in range(newton_iters):
-        q, q3 = norm_sq(sigma, w2, weighted)
+        iterations += 1
+        q, q3 = norm_sq(t, w2, weighted)
         # phi = 1/||p|| - 1/Delta, phi' = q3 / ||p||^3, so the Newton step is phi ||p||^3 / q3. Once
         # phi >= 0 (the root, up to rounding) the iterate is frozen. q3 = 0 only if every weight is
         # zero; then q = 0, phi = +inf and nothing moves.
         phi = q.rsqrt() - inv_radius
         step = torch.where(phi < 0, phi * q.pow(1.5) / q3.clamp_min(tiny), zero)
-        sigma = sigma - step
-        if early_exit and not bool(step.abs() > 4 * eps * sigma.abs()):
+        t = t - step
+        if early_exit and not bool(step.abs() > 4 * eps * t.abs()):
             break
-    q, _ = norm_sq(sigma, w2, weighted)
+    q, _ = norm_sq(t, w2, weighted)
     residual_phi = (q.rsqrt() - inv_radius).abs() * radius
 
-    sigma = torch.where(interior, zero, torch.where(hard, hard_sigma, sigma))
+    t = torch.where(interior, -shift, torch.where(hard, zero, t))
+    sigma = shift + t
     skip_terms = hard | skip
-    d = lam + sigma
+    d = (lam + shift) + t
     v_par = torch.where(skip_terms & on_min, zero, -a / torch.where(d == 0, torch.ones_like(d), d))
     v_par = torch.where(kept_vec, v_par, zero)
-    dp = gamma + sigma
+    dp = (gamma + shift) + t
     perp_norm_sq = a_perp_sq / (dp * dp)
     # Hard case: add tau z along the first eigenvector of lambda_min, ||p|| = Delta, tau g^T z <= 0.
     first_min = one_hot_mask(torch.argmax(on_min.to(torch.int8)), on_min.shape[0]).to(dtype)
@@ -225,6 +238,7 @@ def solve_obs_small(
         hit_boundary=~interior & (status != int(SubproblemStatus.ZERO_GRADIENT)),
         eigenvalues=eigenvalues,
         residual_phi=residual_phi,
+        newton_iterations=iterations,
     )
 
 
