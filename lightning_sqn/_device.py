@@ -70,8 +70,8 @@ def read_to_host(*values: torch.Tensor) -> list[float]:
     """Several 0-dim tensors as Python floats, with one device-to-host transfer for all of them (each
     ``float(t)`` would be a transfer and a synchronisation of its own). Counted by
     :class:`HostReadCounter` as one host read."""
-    first = values[0]
-    dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
+    # float64 holds every value exactly (float16/32 numbers and small counts); MPS has no float64.
+    dtype = torch.float32 if values[0].device.type == "mps" else torch.float64
     stacked = torch.stack([v.reshape(()).to(dtype) for v in values])
     for counter in _active_counters:
         counter.host_reads += 1
