@@ -9,10 +9,11 @@ the single place that picks the form.
 
 Testing the accelerator form without an accelerator: inside :func:`accelerator_code_path` the device
 form is taken on CPU tensors as well, and :class:`HostReadCounter` counts the values read back
-(``aten._local_scalar_dense``, which ``item``, ``bool``, ``float`` and ``int`` of a tensor all reach,
-and the linear-algebra kernels that read their status back on CUDA) and the operations whose output
-shape depends on the data (``nonzero`` and friends, which read back
-too). Together they prove on the CPU how many synchronisations a step costs on a GPU.
+(``aten._local_scalar_dense``, which ``item``, ``bool``, ``float`` and ``int`` of a tensor all reach;
+:func:`read_to_host`; the linear-algebra kernels that read their status back on CUDA), the tensors made
+from host data (blocking host-to-device copies on an accelerator) and the operations whose output shape
+depends on the data (``nonzero`` and friends, which read back too). Together they show on the CPU how
+many synchronisations a step costs on a GPU; ``tests/gpu`` checks the count against CUDA's own.
 """
 
 from __future__ import annotations
