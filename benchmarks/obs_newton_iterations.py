@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--problems", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--oracle", action="store_true", help="compare with the dense exact solver")
+    parser.add_argument(
+        "--newton-iters", type=int, default=None, help="cap for the --oracle solves (default: the solver's)"
+    )
     args = parser.parse_args(argv)
     gen = torch.Generator().manual_seed(args.seed)
     counts: Counter[int] = Counter()
@@ -78,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         counts[sol.newton_iterations] += 1
         if args.oracle:
-            res = solve_obs(mat, g, radius)
+            cap = {} if args.newton_iters is None else {"newton_iters": args.newton_iters}
+            res = solve_obs(mat, g, radius, **cap)
             B = mat.to_dense()
             B = 0.5 * (B + B.T)
             ex = solve_exact(B, g, radius)

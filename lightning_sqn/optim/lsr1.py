@@ -13,6 +13,7 @@ from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
 from lightning_sqn.optim.models import LimitedMemoryModel
 from lightning_sqn.optim.steppers import LineSearchStepper, TrustRegionStepper
 from lightning_sqn.qn.lsr1 import GammaChoice, LSR1Matrix
+from lightning_sqn.subproblem.obs import NEWTON_ITERS
 
 
 class LSR1(QuasiNewtonOptimizer):
@@ -41,7 +42,8 @@ class LSR1(QuasiNewtonOptimizer):
         trust_region: acceptance and radius parameters (paper defaults).
         initial_radius: Delta_0; ``None`` for ||g(x_0)||.
         line_search: line-search object for ``method="line_search"`` (default Armijo backtracking).
-        newton_iters: Newton iterations on the OBS secular equation.
+        newton_iters: Newton iterations on the OBS secular equation (a cap on the CPU, the fixed count on
+            an accelerator; default :data:`~lightning_sqn.subproblem.obs.NEWTON_ITERS` = 12).
     """
 
     def __init__(
@@ -57,7 +59,7 @@ class LSR1(QuasiNewtonOptimizer):
         trust_region: TrustRegionPolicy | None = None,
         initial_radius: float | None = None,
         line_search: LineSearch | None = None,
-        newton_iters: int = 30,
+        newton_iters: int = NEWTON_ITERS,
     ) -> None:
         if method not in ("trust_region", "line_search"):
             raise ValueError(

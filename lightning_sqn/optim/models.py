@@ -14,7 +14,7 @@ from lightning_sqn.qn.dense import DenseQuasiNewton
 from lightning_sqn.qn.lbfgs import LBFGSMatrix
 from lightning_sqn.qn.lsr1 import LSR1Matrix
 from lightning_sqn.subproblem.exact import solve_exact
-from lightning_sqn.subproblem.obs import solve_obs
+from lightning_sqn.subproblem.obs import NEWTON_ITERS, solve_obs
 from lightning_sqn.subproblem.result import SubproblemStatus, TrustRegionResult
 from lightning_sqn.subproblem.steihaug import solve_steihaug
 
@@ -22,7 +22,7 @@ from lightning_sqn.subproblem.steihaug import solve_steihaug
 class LimitedMemoryModel:
     """An :class:`LSR1Matrix` or :class:`LBFGSMatrix` as trust-region or line-search model."""
 
-    def __init__(self, matrix: LimitedMemoryMatrix, newton_iters: int = 30) -> None:
+    def __init__(self, matrix: LimitedMemoryMatrix, newton_iters: int = NEWTON_ITERS) -> None:
         self.matrix = matrix
         self.newton_iters = newton_iters
         self._last_solve: tuple[Tensor, Tensor, Tensor] | None = None

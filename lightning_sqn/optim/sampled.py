@@ -27,6 +27,7 @@ from lightning_sqn.optim.models import LimitedMemoryModel, SteihaugModel
 from lightning_sqn.optim.steppers import LineSearchStepper, TrustRegionStepper
 from lightning_sqn.qn.lbfgs import LBFGSMatrix
 from lightning_sqn.qn.lsr1 import GammaChoice, LSR1Matrix
+from lightning_sqn.subproblem.obs import NEWTON_ITERS
 
 
 class SampledPairs:
@@ -164,7 +165,8 @@ class SampledLSR1(_SampledBase):
         rank_tol: rank threshold of the repair loop and of OBS.
         trust_region: acceptance and radius parameters.
         initial_radius: Delta_0; ``None`` for ||g(w_0)||.
-        newton_iters: Newton iterations on the OBS secular equation.
+        newton_iters: Newton iterations on the OBS secular equation (a cap on the CPU, the fixed count on
+            an accelerator; default :data:`~lightning_sqn.subproblem.obs.NEWTON_ITERS` = 12).
         subproblem: ``"obs"`` (exact solution, the default) or ``"steihaug"`` (Steihaug-Toint truncated
             CG on B v products, as in the authors' code; no eigenvalues are reported then).
         cg_max_iters: iteration cap of Steihaug CG (default 2 (m + 1)).
@@ -185,7 +187,7 @@ class SampledLSR1(_SampledBase):
         rank_tol: float | None = None,
         trust_region: TrustRegionPolicy | None = None,
         initial_radius: float | None = None,
-        newton_iters: int = 30,
+        newton_iters: int = NEWTON_ITERS,
         subproblem: Literal["obs", "steihaug"] = "obs",
         cg_max_iters: int | None = None,
         seed: int | None = None,

@@ -410,3 +410,26 @@ def test_nearly_hard_case_far_from_the_origin(seed, eps_g) -> None:
     res, _, _ = check(mat, g, radius, status=BOUNDARY, tol=1e-6, step_rtol=1e-5)
     assert float(res.step_norm) == pytest.approx(radius, rel=1e-12)
     assert float(torch.linalg.vector_norm(res.step)) == pytest.approx(radius, rel=1e-6)
+
+
+@pytest.mark.parametrize(("n", "m", "seed"), [(10, 3, 6), (20, 5, 7), (30, 4, 8)], ids=str)
+@pytest.mark.parametrize("newton_iters", [1, 2])
+def test_too_few_newton_iterations_still_give_a_feasible_step(n, m, seed, newton_iters) -> None:
+    """Cut short, the iterate lies left of the root (||p(sigma)|| > Delta): the safeguard scales the step
+    onto the sphere, and the reported predicted reduction and norm are those of the step returned. The
+    model value cannot beat the exact solution's, and with the default cap it equals it."""
+    gen = torch.Generator().manual_seed(seed)
+    mat = indefinite_matrix(n, m, gen)
+    g = torch.randn(n, generator=gen, dtype=DTYPE)
+    radius = 0.05  # far from sigma_0: one or two Newton steps do not reach the root
+    B = mat.to_dense()
+    ex = solve_exact(0.5 * (B + B.T), g, radius)
+    res = solve_obs(mat, g, radius, newton_iters=newton_iters)
+    full = solve_obs(mat, g, radius)
+    assert int(res.status) == BOUNDARY
+    assert float(res.sigma) < float(full.sigma)  # really cut short
+    assert float(torch.linalg.vector_norm(res.step)) == pytest.approx(radius, rel=1e-10)
+    assert float(res.step_norm) == pytest.approx(radius, rel=1e-10)
+    assert float(res.predicted_reduction) == pytest.approx(-model(B, g, res.step), rel=1e-9)
+    assert model(B, g, res.step) >= model(B, g, ex.step) - 1e-9 * abs(model(B, g, ex.step))
+    assert model(B, g, full.step) == pytest.approx(model(B, g, ex.step), rel=1e-10)
