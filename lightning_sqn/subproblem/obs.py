@@ -199,7 +199,9 @@ def solve_obs_small(
     # Safeguard: the iterates approach the root from the left, where ||p(t)|| > Delta. Should the
     # iterations run out first (never seen: at most 10 are needed in benchmarks/obs_newton_iterations.py),
     # the boundary step is scaled back onto the sphere, so it is always feasible.
-    boundary_scale = torch.where(q > radius * radius, radius * q.rsqrt(), torch.ones_like(q))
+    # (Beyond rounding only: a converged iterate may sit an ulp outside and stays as it is.)
+    outside = q > radius * radius * (1 + 16 * eps)
+    boundary_scale = torch.where(outside, radius * q.rsqrt(), torch.ones_like(q))
 
     t = torch.where(interior, -shift, torch.where(hard, zero, t))
     sigma = shift + t
