@@ -11,7 +11,7 @@ Testing the accelerator form without an accelerator: inside :func:`accelerator_c
 form is taken on CPU tensors as well, and :class:`HostReadCounter` counts the values read back
 (``aten._local_scalar_dense``, which ``item``, ``bool``, ``float`` and ``int`` of a tensor all reach;
 :func:`read_to_host`; the linear-algebra kernels that read their status back on CUDA), the tensors made
-from host data (blocking host-to-device copies on an accelerator) and the operations whose output shape
+from host data (host-to-device copies on an accelerator) and the operations whose output shape
 depends on the data (``nonzero`` and friends, which read back too). Together they show on the CPU how
 many synchronisations a step costs on a GPU; ``tests/gpu`` checks the count against CUDA's own.
 """
@@ -63,7 +63,8 @@ def device_scalar(
     value: float | int | bool, *, dtype: torch.dtype, device: torch.device | str
 ) -> torch.Tensor:
     """A 0-dim tensor holding a Python value, made by a fill on ``device``: ``torch.tensor(value,
-    device=...)`` would build it on the host and copy it over (a blocking copy on an accelerator)."""
+    device=...)`` would build it on the host and copy it over (on CUDA a copy from pageable memory,
+    which PyTorch issues as a synchronous copy)."""
     return torch.full((), value, dtype=dtype, device=device)
 
 
@@ -111,7 +112,8 @@ class HostReadCounter(TorchDispatchMode):
             :data:`INTERNAL_HOST_READ_OPS` (which reads its status back on CUDA).
         linalg_reads: the part of ``host_reads`` due to :data:`INTERNAL_HOST_READ_OPS`.
         host_writes: tensors made from host data (``torch.tensor(x, device=...)``, ``lift_fresh``): on
-            an accelerator each is a host-to-device copy, which PyTorch makes blocking. Python scalars
+            an accelerator each is a host-to-device copy from pageable memory (synchronous in
+            PyTorch's copy path; ``tests/gpu`` checks the total against CUDA's count). Python scalars
             passed to an operation (``torch.where(c, 1, 0)``, ``x * 0.5``) are not copies.
         data_dependent: operations whose output shape depends on the data.
         by_op: ``Counter`` of operation names.

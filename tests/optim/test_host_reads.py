@@ -7,8 +7,8 @@ back on CUDA (torch has no ``eigh_ex``). The limited-memory trust-region methods
 finiteness check of f(x_k), g(x_k)) plus one read per eigendecomposition (OBS: two; rank repair: one
 batched call per offered pair; ``gamma="eigen"``: two more per offered pair); the line-search methods
 read once more for the direction and once per trial point. No step may use an operation whose output
-shape depends on the data, and none may make a tensor from host data (a blocking host-to-device copy
-on an accelerator). Both forms must compute the same iterates.
+shape depends on the data, and none may make a tensor from host data (a host-to-device copy on an
+accelerator). Both forms must compute the same iterates.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def counted_steps(
         with accelerator_code_path() if device_path else nullcontext(), HostReadCounter() as count:
             opt.step(closure.new_step(t))
         own = count.host_reads - count.linalg_reads
-        # a tensor made from host data is a blocking host-to-device copy on an accelerator: none allowed
+        # a tensor made from host data is a host-to-device copy on an accelerator: none allowed
         assert count.host_writes == 0, (name, t)
         out.append((own, count.linalg_reads, count.data_dependent, opt.last_step.as_dict()))
     return out, model
