@@ -10,11 +10,11 @@ launched them. Per step:
 * algebra ms: total step time minus closure ms (everything the optimizer does itself: flattening
   parameters and gradients, the curvature algebra, the subproblem or line-search logic, host syncs).
 
-Operation counts: after the timed steps every optimizer takes one more step inside
-``lightning_sqn._device.accelerator_code_path()`` under a ``HostReadCounter``. "ops/step" is the number
-of ATen operations dispatched outside the closure (on a GPU, roughly the kernels launched: the cost that
-dominates when the vectors are small), "host reads/step" the number of values read back to the host (on
-a GPU, each one waits for the queued kernels). The counts are the same on any device.
+Operation counts: after the timed steps every optimizer takes one more step under a
+``lightning_sqn._device.HostReadCounter``. "ops/step" is the number of ATen operations dispatched
+outside the closure (on a GPU, roughly the kernels launched: the cost that dominates when the vectors
+are small), "host reads/step" the number of transfers of values back to the host (on a GPU, each one
+waits for the queued kernels). The counts are the same on any device.
 
 Reported values are medians over the timed steps; "1 f+b" is the median duration of a single closure
 call, and "alg % f+b" is algebra ms as a percentage of it. "state" is the number of bytes of all
@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import lightning_sqn
-from lightning_sqn._device import HostReadCounter, accelerator_code_path
+from lightning_sqn._device import HostReadCounter
 
 # ---------------------------------------------------------------------------------------------- models
 
@@ -221,13 +221,13 @@ class Runner:
         res.single_fb_s.extend(self.call_times)
 
     def count_step(self, batch: tuple[Tensor, Tensor]) -> None:
-        """One more (untimed) step in the accelerator form of the hot paths, counting the ATen operations
-        outside the closure (on a GPU: about the kernels launched) and the host reads."""
+        """One more (untimed) step, counting the ATen operations outside the closure (on a GPU: about the
+        kernels launched) and the host reads."""
         if self.result.error is not None:
             return
         self.batch = batch
         self.closure_ops = 0
-        with accelerator_code_path(), HostReadCounter() as counter:
+        with HostReadCounter() as counter:
             self.counter = counter
             try:
                 self.opt.step(self.closure)
@@ -463,9 +463,9 @@ def main(argv: list[str] | None = None) -> None:
         "state: bytes of tensors reachable from opt.state_dict()['state']; n*4 B = one float32 "
         "parameter vector.",
         "optimizers run interleaved: step k of each (in rotating order), then step k + 1.",
-        "ops/step, host reads/step: ATen operations outside the closure and values read back to the host in "
-        "one extra step taken in the accelerator form of the hot paths (lightning_sqn._device; on a GPU each "
-        "operation is about one kernel launch and each read a synchronisation).",
+        "ops/step, host reads/step: ATen operations outside the closure and transfers of values to the host "
+        "in one extra step (lightning_sqn._device.HostReadCounter; on a GPU each operation is about one "
+        "kernel launch and each read a synchronisation).",
     ]
     loads = ", ".join(f"{m} {'n/a' if c is None else f'{c:.2f}'}" for m, c in other_load.items())
     notes.append(

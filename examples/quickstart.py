@@ -63,7 +63,7 @@ def run(name: str, epochs: int, batch: int, seed: int) -> list[tuple[int, float,
         extra = ""
         if isinstance(opt, lightning_sqn.LSR1):
             c = opt.counters.as_dict()
-            radius = opt.last_step.next_radius.item()
+            radius = opt.last_step.next_radius
             extra = (
                 f"radius={radius:.3g} accepted={c['accepted_steps']}/{c['steps']} "
                 f"skipped={c['skipped_pairs']}"

@@ -1,83 +1,54 @@
-"""Where a decision is taken: on the host (reading a tensor) or on the device (a masked select).
+"""The boundary between the device (O(n) work) and the host (all m x m algebra, in float64).
 
-Reading a tensor's value on the host (``bool(t)``, ``float(t)``, ``t.item()``) is free for a CPU tensor
-but waits for every queued kernel on an accelerator. The hot paths therefore have two forms: on the
-CPU they branch on the host (e.g. stop the secular Newton iteration once it has converged, write a
-pair only if it is stored); on an accelerator they use fixed-shape device operations (``torch.where``,
-masked writes, a fixed iteration count) that never read a value back. :func:`host_reads_are_free` is
-the single place that picks the form.
+Every optimizer in this package keeps only the O(n) work on the parameters' device: passes over the
+(2m, n) pair buffer, a few n-vector updates, the closure. Everything that works on m x m matrices
+(Gram updates, compact-form middle matrices, eigendecompositions, the OBS subproblem, the secular
+Newton iteration, rank repair, the skip rule, rho and the radius rule) runs on the host in NumPy
+float64, where one small-matrix call costs about a microsecond, against a kernel launch or dispatch of
+several microseconds per tiny device operation. The host receives the few dozen numbers it needs in
+one read per phase (:func:`to_host`) and sends back the coefficients of the next combination
+(:func:`to_device`). Decisions are therefore identical on every DDP rank by construction: the same
+all-reduced inputs go through the same float64 host arithmetic.
 
-Testing the accelerator form without an accelerator: inside :func:`accelerator_code_path` the device
-form is taken on CPU tensors as well, and :class:`HostReadCounter` counts the values read back
-(``aten._local_scalar_dense``, which ``item``, ``bool``, ``float`` and ``int`` of a tensor all reach;
-:func:`read_to_host`; the linear-algebra kernels that read their status back on CUDA), the tensors made
-from host data (host-to-device copies on an accelerator) and the operations whose output shape
-depends on the data (``nonzero`` and friends, which read back too). Together they show on the CPU how
-many synchronisations a step costs on a GPU; ``tests/gpu`` checks the count against CUDA's own.
+:class:`HostReadCounter` counts, for tests and benchmarks, the ATen operations a step dispatches
+(on a GPU roughly the kernels launched), the values it reads back to the host (each a synchronisation
+on an accelerator) and the host-to-device copies it makes.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-_forced_device_path = False
 
+def to_host(*values: torch.Tensor) -> np.ndarray:
+    """The values of several tensors (any shapes) as one flat float64 NumPy array, in order, with one
+    device-to-host transfer for all of them. Counted by :class:`HostReadCounter` as one host read.
 
-def host_reads_are_free(device: torch.device | Any) -> bool:
-    """Whether reading tensors on ``device`` costs no synchronisation (the CPU), so code may branch on
-    the host. False inside :func:`accelerator_code_path`."""
-    return device.type == "cpu" and not _forced_device_path
-
-
-@contextlib.contextmanager
-def accelerator_code_path() -> Iterator[None]:
-    """Take the accelerator (no host reads) form of every hot path, also on CPU tensors (for tests and
-    for counting what a step costs on an accelerator)."""
-    global _forced_device_path
-    before, _forced_device_path = _forced_device_path, True
-    try:
-        yield
-    finally:
-        _forced_device_path = before
-
-
-def one_hot_mask(index: torch.Tensor, size: int) -> torch.Tensor:
-    """(size,) bool, True at the 0-dim ``index`` only. Unlike ``torch.nn.functional.one_hot``, which
-    reads ``index`` back to check its range, it never leaves the device."""
-    return torch.arange(size, device=index.device) == index
-
-
-def select_row(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``rows[index]`` for a 0-dim integer tensor ``index`` without reading it back (plain indexing with
-    a 0-dim tensor converts it to a Python int)."""
-    return rows.index_select(0, index.reshape(1))[0]
-
-
-def device_scalar(
-    value: float | int | bool, *, dtype: torch.dtype, device: torch.device | str
-) -> torch.Tensor:
-    """A 0-dim tensor holding a Python value, made by a fill on ``device``: ``torch.tensor(value,
-    device=...)`` would build it on the host and copy it over (on CUDA a copy from pageable memory,
-    which PyTorch issues as a synchronous copy)."""
-    return torch.full((), value, dtype=dtype, device=device)
+    float64 holds every float16/32 value exactly, so nothing is rounded on the way.
+    """
+    dtype = torch.float32 if values[0].device.type == "mps" else torch.float64  # MPS has no float64
+    flat = torch.cat([v.reshape(-1).to(dtype) for v in values]) if len(values) > 1 else values[0]
+    flat = flat.reshape(-1).to(dtype)
+    for counter in _active_counters:
+        counter.host_reads += 1
+    return flat.numpy(force=True) if flat.device.type != "cpu" else flat.numpy().copy()
 
 
 def read_to_host(*values: torch.Tensor) -> list[float]:
-    """Several 0-dim tensors as Python floats, with one device-to-host transfer for all of them (each
-    ``float(t)`` would be a transfer and a synchronisation of its own). Counted by
-    :class:`HostReadCounter` as one host read."""
-    # float64 holds every value exactly (float16/32 numbers and small counts); MPS has no float64.
-    dtype = torch.float32 if values[0].device.type == "mps" else torch.float64
-    stacked = torch.stack([v.reshape(()).to(dtype) for v in values])
-    for counter in _active_counters:
-        counter.host_reads += 1
-    return (stacked if stacked.device.type == "cpu" else stacked.cpu()).tolist()
+    """Several 0-dim tensors as Python floats, with one transfer (see :func:`to_host`)."""
+    return to_host(*values).tolist()
+
+
+def to_device(values: np.ndarray | Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """A host array as a tensor of ``like``'s dtype on its device (one small host-to-device copy)."""
+    # counted by HostReadCounter as one host write (``lift_fresh``): a copy on an accelerator
+    t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+    return t.to(device=like.device, dtype=like.dtype)
 
 
 #: ATen operations whose output shape depends on tensor values: they read back like ``item``.
@@ -112,15 +83,14 @@ class HostReadCounter(TorchDispatchMode):
             :data:`INTERNAL_HOST_READ_OPS` (which reads its status back on CUDA).
         linalg_reads: the part of ``host_reads`` due to :data:`INTERNAL_HOST_READ_OPS`.
         host_writes: tensors made from host data (``torch.tensor(x, device=...)``, ``lift_fresh``): on
-            an accelerator each is a host-to-device copy from pageable memory (synchronous in
-            PyTorch's copy path; ``tests/gpu`` checks the total against CUDA's count). Python scalars
-            passed to an operation (``torch.where(c, 1, 0)``, ``x * 0.5``) are not copies.
+            an accelerator each is a host-to-device copy from pageable memory. Python scalars passed to
+            an operation (``torch.where(c, 1, 0)``, ``x * 0.5``) are not copies.
         data_dependent: operations whose output shape depends on the data.
         by_op: ``Counter`` of operation names.
 
     Example::
 
-        with accelerator_code_path(), HostReadCounter() as count:
+        with HostReadCounter() as count:
             optimizer.step(closure)
         count.host_reads
     """
@@ -162,10 +132,7 @@ __all__ = [
     "DATA_DEPENDENT_SHAPE_OPS",
     "INTERNAL_HOST_READ_OPS",
     "HostReadCounter",
-    "accelerator_code_path",
-    "device_scalar",
-    "host_reads_are_free",
-    "one_hot_mask",
     "read_to_host",
-    "select_row",
+    "to_device",
+    "to_host",
 ]

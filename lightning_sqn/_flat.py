@@ -17,8 +17,6 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from lightning_sqn._device import host_reads_are_free
-
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -65,25 +63,40 @@ class FlatParams:
         self.numel: int = sum(self.numels)
         self.device: torch.device = params[0].device
         self.dtype: torch.dtype = state_dtype(p.dtype for p in params)
+        self._views: dict[tuple, tuple[Tensor, list[Tensor]]] = {}
 
     def new_zeros(self, *leading: int) -> Tensor:
         """A zero buffer of shape ``(*leading, n)`` in the state dtype on the parameters' device."""
         return torch.zeros(*leading, self.numel, dtype=self.dtype, device=self.device)
 
     def views(self, flat: Tensor) -> list[Tensor]:
-        """Views of a flat vector shaped like each parameter (no copy)."""
-        return [v.view_as(p) for v, p in zip(flat.split(self.numels), self.params, strict=True)]
+        """Views of a flat vector shaped like each parameter (no copy).
 
+        The views of the last few buffers asked for are kept, so the optimizers' persistent buffers
+        cost no view operations per step.
+        """
+        key = (flat.data_ptr(), flat.dtype, flat.shape, flat.stride())
+        hit = self._views.get(key)
+        if hit is not None and hit[0] is flat:
+            return hit[1]
+        views = [v.view_as(p) for v, p in zip(flat.split(self.numels), self.params, strict=True)]
+        if len(self._views) >= 16:
+            self._views.clear()
+        self._views[key] = (flat, views)
+        return views
+
+    @torch.no_grad()
     def gather_params(self, out: Tensor | None = None) -> Tensor:
         """x: the current parameters as one flat vector (written into ``out`` when given)."""
         out = self.new_zeros() if out is None else out
-        torch._foreach_copy_(self.views(out), [p.detach() for p in self.params])
+        torch._foreach_copy_(self.views(out), self.params)
         return out
 
     def gather_grads(self, out: Tensor | None = None) -> Tensor:
         """g: the gradients as one flat vector; a parameter whose ``.grad`` is None counts as zero."""
         return self.flatten([p.grad for p in self.params], out)
 
+    @torch.no_grad()
     def flatten(self, tensors: Sequence[Tensor | None], out: Tensor | None = None) -> Tensor:
         """One flat vector from per-parameter tensors (e.g. ``torch.autograd.grad`` output); None -> 0."""
         out = self.new_zeros() if out is None else out
@@ -92,7 +105,7 @@ class FlatParams:
             out.zero_()
         if pairs:
             dst, src = zip(*pairs, strict=True)
-            torch._foreach_copy_(list(dst), [t.detach() for t in src])
+            torch._foreach_copy_(list(dst), list(src))
         return out
 
     def grad_mask(self) -> Tensor | None:
@@ -114,17 +127,6 @@ class FlatParams:
     def set_params(self, flat: Tensor) -> None:
         """Write a flat vector into the parameters (cast to each parameter's dtype)."""
         torch._foreach_copy_(self.params, self.views(flat))
-
-    def keep_if(self, accepted: Tensor, x: Tensor, x_trial: Tensor, out: Tensor | None = None) -> None:
-        """After a trust-region trial (the parameters hold ``x_trial``): keep it if ``accepted`` (a bool
-        tensor), else restore ``x``. On the CPU, where reading a tensor costs no device synchronisation,
-        it branches on the host (and writes nothing when accepted); elsewhere it selects on the device
-        (``torch.where``, into ``out`` if given)."""
-        if host_reads_are_free(self.device):
-            if not bool(accepted):
-                self.set_params(x)
-        else:
-            self.set_params(torch.where(accepted, x_trial, x, out=out))
 
     @torch.no_grad()
     def add_to_params(self, flat: Tensor, alpha: float = 1.0) -> None:

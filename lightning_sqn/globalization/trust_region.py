@@ -18,7 +18,8 @@ accept ``x_{k+1} = x_k + s_k`` iff ``rho_k > eta`` (lines 13–17), and
       \\Delta_k & \\text{otherwise (line 18)}.
     \\end{cases}
 
-All methods act on tensors with ``torch.where`` and never synchronise with the host.
+The methods take host floats (the optimizers' steppers decide on the host in float64) or tensors (with
+``torch.where``, elementwise, never synchronising), with the same rules.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class TrustRegionPolicy:
                 f"min_radius={self.min_radius}, max_radius={self.max_radius}"
             )
 
-    def rho(self, ared: Tensor, pred: Tensor) -> Tensor:
+    def rho(self, ared: Tensor | float, pred: Tensor | float) -> Tensor | float:
         """The ratio ``rho = ared / pred`` of actual to predicted reduction (Alg. 1 lines 10–11, 13).
 
         Degenerate cases, chosen so that the policy rejects the step and shrinks the radius whenever the
@@ -118,8 +119,14 @@ class TrustRegionPolicy:
             pred: ``-(g^T s_k + 1/2 s_k^T B_k s_k)``, broadcastable with ``ared``.
 
         Returns:
-            ``rho`` in the promoted dtype of ``ared`` and ``pred``; never NaN.
+            ``rho`` in the promoted dtype of ``ared`` and ``pred`` (a float for float inputs); never NaN.
         """
+        if not isinstance(ared, Tensor) and not isinstance(pred, Tensor):
+            ared, pred = float(ared), float(pred)
+            if ared == 0 and pred == 0:
+                return 1.0
+            valid = math.isfinite(ared) and math.isfinite(pred) and pred > 0
+            return ared / pred if valid else -math.inf
         ared, pred = torch.as_tensor(ared), torch.as_tensor(pred)
         dtype = torch.promote_types(ared.dtype, pred.dtype)
         ared, pred = torch.broadcast_tensors(ared.to(dtype), pred.to(dtype))
@@ -129,11 +136,17 @@ class TrustRegionPolicy:
         ratio = torch.where(valid, ared / safe_pred, torch.full_like(ared, -math.inf))
         return torch.where(null_step, torch.ones_like(ratio), ratio)
 
-    def accept(self, rho: Tensor) -> Tensor:
-        """Whether to take the step: ``rho > eta`` (Alg. 1 line 13). Boolean tensor; ``False`` for NaN."""
+    def accept(self, rho: Tensor | float) -> Tensor | bool:
+        """Whether to take the step: ``rho > eta`` (Alg. 1 line 13). ``False`` for NaN."""
         return rho > self.eta
 
-    def update_radius(self, radius: Tensor, rho: Tensor, step_norm: Tensor) -> Tensor:
+    def update_radius(
+        self,
+        radius: Tensor | float,
+        rho: Tensor | float,
+        step_norm: Tensor | float,
+        dtype: torch.dtype = torch.float64,
+    ) -> Tensor | float:
         """The next radius ``Delta_{k+1}`` (Alg. 1 lines 18–25), clamped to ``[min_radius, max_radius]``.
 
         The radius also never falls below :func:`radius_floor` of its dtype: a run that keeps rejecting
@@ -147,10 +160,20 @@ class TrustRegionPolicy:
             radius: current radius ``Delta_k``.
             rho: ratio from :meth:`rho`.
             step_norm: ``||s_k||_2``.
+            dtype: for float inputs, the dtype whose :func:`radius_floor` applies (the parameters').
 
         Returns:
-            ``Delta_{k+1}``, broadcast over the inputs, in the dtype of ``radius``.
+            ``Delta_{k+1}``, broadcast over the inputs, in the dtype of ``radius`` (a float for floats).
         """
+        if not any(isinstance(v, Tensor) for v in (radius, rho, step_norm)):
+            radius, rho = float(radius), float(rho)
+            if rho > self.high and step_norm > self.boundary_fraction * radius:
+                new = radius * self.increase
+            elif rho < self.low or math.isnan(rho):
+                new = radius * self.decrease
+            else:
+                new = radius
+            return min(max(new, self.min_radius, radius_floor(dtype)), self.max_radius)
         radius = torch.as_tensor(radius)
         grow = (rho > self.high) & (step_norm > self.boundary_fraction * radius)
         shrink = (rho < self.low) | torch.isnan(rho)

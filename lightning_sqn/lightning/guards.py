@@ -124,6 +124,30 @@ def check_trainer(trainer: pl.Trainer) -> None:
         )
 
 
+def check_full_batch(trainer: pl.Trainer) -> None:
+    """Refuse ``full_batch=True`` unless every training step sees the same single batch.
+
+    ``full_batch`` reuses f and g at the point a step ends on as the next step's f(x_k), g(x_k); with
+    more than one batch per epoch the next step's batch differs and the reused values would be wrong.
+    Call it once the training batches are counted (``on_train_start``).
+
+    Raises:
+        MisconfigurationException: naming the optimizer and the number of batches.
+    """
+    flagged = [o for o in _quasi_newton_optimizers(trainer) if getattr(o, "full_batch", False)]
+    if not flagged:
+        return
+    batches = trainer.num_training_batches
+    if batches != 1:
+        names = ", ".join(sorted({type(o).__name__ for o in flagged}))
+        raise MisconfigurationException(
+            f"{names} was built with full_batch=True, which reuses f and g at the accepted point as the "
+            f"next step's values, but the training loop has {batches} batches per epoch, so the next step "
+            "sees another batch. Use one batch per epoch (DataLoader batch_size = the data set size, "
+            "deterministic, no augmentation) or build the optimizer with full_batch=False."
+        )
+
+
 class GuardCallback(Callback):
     """Runs :func:`check_trainer` at fit start, for strategies other than ``sqn``/``ddp_sqn``.
 
@@ -137,3 +161,6 @@ class GuardCallback(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         check_trainer(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_full_batch(trainer)

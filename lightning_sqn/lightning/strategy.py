@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
 from lightning_sqn.distributed.communicator import TorchDistributedCommunicator
-from lightning_sqn.lightning.guards import check_trainer
+from lightning_sqn.lightning.guards import check_full_batch, check_trainer
 from lightning_sqn.optim.base import QuasiNewtonOptimizer
 
 if TYPE_CHECKING:
@@ -49,6 +49,10 @@ class _GraphBackward:
             if isinstance(opt, QuasiNewtonOptimizer) and opt.graph_requested:
                 return opt
         return None
+
+    def on_train_start(self) -> None:
+        super().on_train_start()  # type: ignore[misc]
+        check_full_batch(self.lightning_module.trainer)  # type: ignore[attr-defined]
 
     def backward(
         self, closure_loss: Tensor, optimizer: Optimizer | None, *args: Any, **kwargs: Any

@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,43 +50,47 @@ class NonFiniteLossError(FloatingPointError):
 class StepStats:
     """What one optimizer step did (``optimizer.last_step``).
 
-    Fields are 0-dim tensors on the parameters' device (so publishing them needs no host sync) or
-    Python ints for counts the host knows; ``None`` where a method has no such quantity.
-    :meth:`as_dict` converts everything to Python numbers (this synchronises).
+    Host numbers (the quasi-Newton steppers decide on the host), except ``loss``, a 0-dim tensor on
+    the parameters' device, and fields the Hessian-free family fills with device tensors; ``None``
+    where a method has no such quantity. :meth:`as_dict` converts everything to Python numbers.
     """
 
     loss: Tensor  #: f(x_k) on the step's mini-batch
     closure_evals: int  #: closure evaluations in this step
-    accepted: Tensor  #: whether x moved
-    step_norm: Tensor  #: ||s_k|| of the step taken or tried
-    pair_stored: Tensor  #: whether (s_k, y_k) entered the memory
-    pairs_in_memory: Tensor  #: number of pairs after the step
-    trial_loss: Tensor | None = None  #: f(x_k + s_k) (trust region) or f at the chosen step length
-    radius: Tensor | None = None  #: trust-region radius used for this step
-    next_radius: Tensor | None = None  #: radius for the next step
-    rho: Tensor | None = None  #: ared / pred
-    predicted_reduction: Tensor | None = None
-    actual_reduction: Tensor | None = None
-    sigma: Tensor | None = None  #: subproblem multiplier
-    subproblem_status: Tensor | None = None  #: :class:`~lightning_sqn.subproblem.result.SubproblemStatus`
-    eig_min: Tensor | None = None  #: smallest known eigenvalue of B_k
-    eig_max: Tensor | None = None  #: largest known eigenvalue of B_k
-    num_negative_eigs: Tensor | None = None  #: count of negative eigenvalues of B_k (with multiplicity)
+    accepted: bool | Tensor  #: whether x moved
+    step_norm: float | Tensor  #: ||s_k|| of the step taken or tried
+    #: whether the pair offered in this step entered the memory: the quasi-Newton steppers offer the
+    #: previous step's pair (s_{k-1}, y_{k-1}) at the start of step k; None when no pair was offered
+    pair_stored: bool | Tensor | None
+    pairs_in_memory: int | Tensor  #: number of pairs after the step
+    trial_loss: float | Tensor | None = None  #: f(x_k + s_k) (trust region) or f at the chosen step length
+    radius: float | Tensor | None = None  #: trust-region radius used for this step
+    next_radius: float | Tensor | None = None  #: radius for the next step
+    rho: float | Tensor | None = None  #: ared / pred
+    predicted_reduction: float | Tensor | None = None
+    actual_reduction: float | Tensor | None = None
+    sigma: float | Tensor | None = None  #: subproblem multiplier
+    subproblem_status: int | Tensor | None = (
+        None  #: :class:`~lightning_sqn.subproblem.result.SubproblemStatus`
+    )
+    eig_min: float | Tensor | None = None  #: smallest known eigenvalue of B_k
+    eig_max: float | Tensor | None = None  #: largest known eigenvalue of B_k
+    num_negative_eigs: int | Tensor | None = None  #: count of negative eigenvalues of B_k (with multiplicity)
     #: the eigenvalues of B_k the subproblem solver knows, ascending (for L-SR1: the m parallel ones,
     #: padded, and gamma); a vector, so :meth:`as_dict` leaves it out
-    eigenvalues: Tensor | None = None
-    pairs_dropped: Tensor | None = None  #: pairs removed by rank repair
-    gamma: Tensor | None = None  #: B_0 = gamma I after the step
+    eigenvalues: np.ndarray | Tensor | None = None
+    pairs_dropped: int | Tensor | None = None  #: pairs removed by rank repair
+    gamma: float | Tensor | None = None  #: B_0 = gamma I after the step
     step_length: float | None = None  #: line-search alpha
     line_search_success: bool | None = None
     line_search_reason: str | None = None
     fallback_to_gradient: bool | None = None  #: the quasi-Newton direction was not a descent direction
     pairs_sampled: int | None = None  #: curvature pairs sampled at x_k (sampled quasi-Newton)
-    pairs_kept: Tensor | None = None  #: sampled pairs that passed the SR1 / BFGS test
+    pairs_kept: int | Tensor | None = None  #: sampled pairs that passed the SR1 / BFGS test
     hessian_products: int | None = None  #: Hessian-vector products formed in this step
     #: products with the curvature matrix (GGN or Hessian) formed in this step (Hessian-free, TR Newton)
     curvature_products: int | None = None
-    damping: Tensor | None = None  #: Levenberg-Marquardt lambda used in this step (Hessian-free)
+    damping: float | Tensor | None = None  #: Levenberg-Marquardt lambda used in this step (Hessian-free)
     cg_iterations: int | None = None  #: (truncated) CG iterations of the step's inner solve
     #: why the inner CG stopped, a :class:`~lightning_sqn.optim.hessian_free.KrylovExit` code
     cg_reason: int | None = None
@@ -96,12 +101,17 @@ class StepStats:
         out: dict[str, float | int | bool | str] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if v is None or (isinstance(v, Tensor) and v.ndim > 0):
+            if v is None or (isinstance(v, Tensor | np.ndarray) and v.ndim > 0):
                 continue
-            if isinstance(v, Tensor):
+            if isinstance(v, Tensor | np.generic):
                 v = v.item()
             out[f.name] = v
         return out
+
+
+def _count(v: Any) -> int:
+    """A count or flag of a step record as a Python int (reads a device tensor)."""
+    return int(v.item() if isinstance(v, Tensor) else v)
 
 
 @dataclass
@@ -110,41 +120,38 @@ class Counters:
 
     steps: int = 0
     closure_evals: int = 0
-    accepted_steps: Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
-    stored_pairs: Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
-    skipped_pairs: Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
+    accepted_steps: int = 0
+    stored_pairs: int = 0
+    skipped_pairs: int = 0
 
-    def to(self, device: torch.device) -> Counters:
-        for name in ("accepted_steps", "stored_pairs", "skipped_pairs"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
-
-    def record(self, stats: StepStats, offered: Tensor | bool = True) -> None:
-        """Add one step. ``offered``: whether a pair was offered to the memory at all."""
+    def record(self, stats: StepStats) -> None:
+        """Add one step."""
         self.steps += 1
         self.closure_evals += stats.closure_evals
-        self.accepted_steps += stats.accepted.long()
+        self.accepted_steps += _count(stats.accepted)
         if stats.pairs_sampled is not None and stats.pairs_kept is not None:  # sampled pairs
-            self.stored_pairs += stats.pairs_kept
-            self.skipped_pairs += stats.pairs_sampled - stats.pairs_kept
-            return
-        self.stored_pairs += stats.pair_stored.long()
-        if isinstance(offered, bool):  # a Python bool: no host-to-device copy of it
-            if offered:
-                self.skipped_pairs += (~stats.pair_stored).long()
-        else:
-            self.skipped_pairs += (offered & ~stats.pair_stored).long()
+            kept = _count(stats.pairs_kept)
+            self.stored_pairs += kept
+            self.skipped_pairs += stats.pairs_sampled - kept
+        elif stats.pair_stored is not None:
+            stored = _count(stats.pair_stored)
+            self.stored_pairs += stored
+            self.skipped_pairs += 1 - stored
 
     def state_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+    def check_state(self, state: Any) -> None:
+        if not isinstance(state, dict) or any(f.name not in state for f in fields(self)):
+            raise ValueError(f"the counters in this state lack some of {[f.name for f in fields(self)]}")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
         for f in fields(self):
-            v = state[f.name]
-            setattr(self, f.name, v.to(device) if isinstance(v, Tensor) else int(v))
+            setattr(self, f.name, _count(state[f.name]))
 
     def as_dict(self) -> dict[str, int]:
-        return {k: (v.item() if isinstance(v, Tensor) else v) for k, v in self.state_dict().items()}
+        return self.state_dict()
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -185,7 +192,10 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self._check_groups()
         self._flat = FlatParams([p for g in self.param_groups for p in g["params"]])
-        self.counters = Counters().to(self._flat.device)
+        self.counters = Counters()
+        #: the closure computes the same function at every call (full-batch training): f and g at the
+        #: point a step ends on are reused as the next step's f(x_k), g(x_k) (set by the subclasses)
+        self.full_batch = False
         self.last_step: StepStats | None = None
         self._started = False
         #: mean of the loss over ranks (set by ``strategy="ddp_sqn"``); ``None`` on a single process
@@ -322,22 +332,31 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
             loss = self.communicator.all_reduce_mean(loss)
         return loss
 
-    def _check_finite_start(self, f: Tensor, g: Tensor) -> tuple[Tensor, float]:
-        """Raise if f(x_k) or g(x_k) is not finite (one host read per step); return (g^T g, f(x_k)),
-        the latter as a Python float (read together with g^T g, for callers that decide on the host).
+    def _check_finite(self, f: float, gg: float) -> None:
+        """Raise :class:`NonFiniteLossError` unless f(x_k) and g^T g are finite (host values).
 
-        g^T g is finite exactly when g is (an overflowing g is refused too), so one dot product serves
-        the check and the callers' ||g||.
+        g^T g is finite exactly when g is, barring overflow of the sum of squares; that case is named
+        separately.
         """
+        if math.isfinite(f) and math.isfinite(gg):
+            return
+        if not math.isfinite(f):
+            what = "loss"
+        elif math.isnan(gg):
+            what = "gradient"
+        else:
+            what = "squared norm of the gradient (it overflows the parameters' dtype)"
+        raise NonFiniteLossError(
+            f"{type(self).__name__}: the {what} at the current parameters is not finite, so no step can "
+            "be computed. Parameters and curvature memory are unchanged. Check the data, the model's "
+            "initialisation and the loss (e.g. log of zero)."
+        )
+
+    def _check_finite_start(self, f: Tensor, g: Tensor) -> tuple[Tensor, float]:
+        """Raise if f(x_k) or g(x_k) is not finite (one host read); return (g^T g, f(x_k) on the host)."""
         gg = g @ g
         f_host, gg_host = read_to_host(f, gg)
-        if not (math.isfinite(f_host) and math.isfinite(gg_host)):
-            what = "loss" if not math.isfinite(f_host) else "gradient"
-            raise NonFiniteLossError(
-                f"{type(self).__name__}: the {what} at the current parameters is not finite, so no step can "
-                "be computed. Parameters and curvature memory are unchanged. Check the data, the model's "
-                "initialisation and the loss (e.g. log of zero)."
-            )
+        self._check_finite(f_host, gg_host)
         return gg, f_host
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
@@ -359,7 +378,7 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         if self._running_stats is not None:
             self._running_stats.begin_step()
         try:
-            stats, offered = self._step(closure)
+            stats = self._step(closure)
         except BaseException:
             if self._running_stats is not None:
                 self._running_stats.abort()
@@ -367,15 +386,18 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         finally:
             self._graph = None  # frees the activations a graph-keeping evaluation saved
         self.last_step = stats
-        self.counters.record(stats, offered)
+        self.counters.record(stats)
         self._started = True
         return stats.loss
 
-    def _step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:  # pragma: no cover - abstract
+    def _step(self, closure: Closure) -> StepStats:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _commit_running_stats(self, accepted: Tensor | bool, if_accepted: int, if_rejected: int = 0) -> None:
-        """Steppers call this once per step: which evaluation's statistics to keep (0-based indices)."""
+    def _commit_running_stats(
+        self, accepted: Tensor | bool, if_accepted: int | None, if_rejected: int | None = 0
+    ) -> None:
+        """Steppers call this once per step: which evaluation's statistics to keep (0-based indices;
+        ``None``: those at the start of the step)."""
         if self._running_stats is not None:
             self._running_stats.commit(accepted, if_accepted, if_rejected)
 
@@ -404,6 +426,6 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         stripped = {"state": {}, "param_groups": state_dict["param_groups"]}
         super().load_state_dict(stripped)
         self.state.clear()  # our state lives in the flat buffers, not per parameter
-        self.counters.load_state_dict(state["counters"], self._flat.device)
+        self.counters.load_state_dict(state["counters"])
         self._started = bool(state["started"])
         self._load_extra_state(state)

@@ -23,7 +23,7 @@ class _DenseOptimizer(QuasiNewtonOptimizer):
         self._model = DenseModel(matrix, self._flat.device, self._flat.dtype)
         return self._model
 
-    def _step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:
+    def _step(self, closure: Closure) -> StepStats:
         return self._stepper.step(closure)
 
     def _extra_state(self) -> dict[str, Any]:
@@ -47,6 +47,7 @@ class BFGS(_DenseOptimizer):
     """Dense BFGS (N&W eq. 6.17/6.19) with a line search (strong Wolfe by default).
 
     For models with at most ``MAX_DENSE_DIM`` parameters. gamma ``"auto"`` scales H_0 from the first pair.
+    ``full_batch``: reuse f and g at the accepted point (see :class:`~lightning_sqn.LBFGS`).
     """
 
     def __init__(
@@ -57,8 +58,12 @@ class BFGS(_DenseOptimizer):
         lr: float = 1.0,
         gamma: Literal["auto"] | float = "auto",
         curvature_eps: float = 1e-8,
+        full_batch: bool = False,
     ) -> None:
+        if not isinstance(full_batch, bool):
+            raise ValueError(f"full_batch must be True or False, got {full_batch!r}")
         super().__init__(params, dict(lr=lr, gamma=gamma, curvature_eps=curvature_eps))
+        self.full_batch = full_batch
         flat = self._flat
         _check_size("BFGS", flat.numel)
         model = self._setup(
@@ -74,7 +79,8 @@ class SR1(_DenseOptimizer):
     """Dense SR1 (N&W eq. 6.24, skip rule 6.26) with a trust region solved exactly, or a line search.
 
     ``method="trust_region"`` uses the same acceptance and radius rules as :class:`~lightning_sqn.LSR1`
-    with the dense Moré-Sorensen solution of the subproblem.
+    with the dense Moré-Sorensen solution of the subproblem. ``full_batch``: reuse f and g at the
+    accepted point (see :class:`~lightning_sqn.LSR1`).
     """
 
     def __init__(
@@ -87,10 +93,14 @@ class SR1(_DenseOptimizer):
         trust_region: TrustRegionPolicy | None = None,
         initial_radius: float | None = None,
         line_search: LineSearch | object | None = _DEFAULT,
+        full_batch: bool = False,
     ) -> None:
+        if not isinstance(full_batch, bool):
+            raise ValueError(f"full_batch must be True or False, got {full_batch!r}")
         if method not in ("trust_region", "line_search"):
             raise ValueError(f"method must be 'trust_region' or 'line_search', got {method!r}")
         super().__init__(params, dict(method=method, gamma=gamma, skip_tol=skip_tol))
+        self.full_batch = full_batch
         flat = self._flat
         _check_size("SR1", flat.numel)
         model = self._setup(

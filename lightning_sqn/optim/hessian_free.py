@@ -19,7 +19,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_sqn._device import device_scalar
 from lightning_sqn.curvature.capture import (
     CAPTURE_HINTS,
     CapturedBatch,
@@ -403,7 +402,7 @@ class HessianFree(QuasiNewtonOptimizer):
         return res, x0 is not None
 
     # ------------------------------------------------------------ step
-    def _step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:
+    def _step(self, closure: Closure) -> StepStats:
         flat = self._flat
         capture = self._capture
         if self._needs_capture() and capture is None:
@@ -430,7 +429,7 @@ class HessianFree(QuasiNewtonOptimizer):
                 capture.clear()
         self._p_prev.copy_(res.x)
         self._has_prev = True
-        return self._globalize(closure, x, g, f0_t, lam, res, warm), False
+        return self._globalize(closure, x, g, f0_t, lam, res, warm)
 
     def _globalize(
         self, closure: Closure, x: Tensor, g: Tensor, f0_t: Tensor, lam: float, res: CGResult, warm: bool
@@ -506,8 +505,8 @@ class HessianFree(QuasiNewtonOptimizer):
         flat = self._flat
 
         def t(v: float | bool) -> Tensor:
-            return device_scalar(
-                v, dtype=torch.bool if isinstance(v, bool) else flat.dtype, device=flat.device
+            return torch.full(
+                (), v, dtype=torch.bool if isinstance(v, bool) else flat.dtype, device=flat.device
             )
 
         return StepStats(
@@ -515,8 +514,8 @@ class HessianFree(QuasiNewtonOptimizer):
             closure_evals=self._evals_this_step,
             accepted=t(alpha > 0.0),
             step_norm=torch.linalg.vector_norm(p).mul(alpha),
-            pair_stored=t(False),
-            pairs_in_memory=torch.zeros((), dtype=torch.long, device=flat.device),
+            pair_stored=None,
+            pairs_in_memory=0,
             trial_loss=t(f_trial),
             rho=t(rho),
             predicted_reduction=t(-q_p),

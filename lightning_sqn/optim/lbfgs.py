@@ -33,6 +33,10 @@ class LBFGS(QuasiNewtonOptimizer):
         lr: initial trial step (and the fixed step without line search).
         gamma: ``"scaled"`` (y^T y / s^T y, N&W eq. 7.20) or a constant > 0.
         curvature_eps: eps of the curvature condition.
+        full_batch: the closure computes the same function at every call (deterministic full-batch
+            training, the usual scientific-computing use): f and g at the point a step ends on are
+            reused as the next step's f(x_k), g(x_k), so an iteration costs one evaluation fewer.
+            Default False, the mini-batch setting of the papers, where each step sees a new batch.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class LBFGS(QuasiNewtonOptimizer):
         lr: float = 1.0,
         gamma: Literal["scaled"] | float = "scaled",
         curvature_eps: float = 1e-8,
+        full_batch: bool = False,
     ) -> None:
         if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
             raise ValueError(f"memory must be an integer >= 1, got {memory!r}")
@@ -52,6 +57,8 @@ class LBFGS(QuasiNewtonOptimizer):
             raise ValueError(
                 f"forget_every must be None or an integer >= 1 (steps between resets), got {forget_every!r}"
             )
+        if not isinstance(full_batch, bool):
+            raise ValueError(f"full_batch must be True or False, got {full_batch!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         defaults = dict(
@@ -60,14 +67,21 @@ class LBFGS(QuasiNewtonOptimizer):
         super().__init__(params, defaults)
         flat = self._flat
         self.matrix = LBFGSMatrix(
-            memory, flat.numel, dtype=flat.dtype, device=flat.device, gamma=gamma, curvature_eps=curvature_eps
+            memory,
+            flat.numel,
+            dtype=flat.dtype,
+            device=flat.device,
+            gamma=gamma,
+            curvature_eps=curvature_eps,
+            work_rows=3,
         )
         self.forget_every = forget_every
+        self.full_batch = full_batch
         self._model = LimitedMemoryModel(self.matrix)
         search = StrongWolfe() if line_search is _DEFAULT else line_search
         self._stepper = LineSearchStepper(self, self._model, search, lr=lr)  # type: ignore[arg-type]
 
-    def _step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:
+    def _step(self, closure: Closure) -> StepStats:
         k = self.counters.steps
         forget = self.forget_every is not None and k > 0 and k % self.forget_every == 0
         return self._stepper.step(closure, forget=forget)

@@ -23,8 +23,9 @@ class LSR1(QuasiNewtonOptimizer):
     mini-batch (exactly two closure calls), with s_k the exact solution of the L-SR1 trust-region
     subproblem by the OBS method; the step is accepted if rho = ared/pred > eta and the radius follows
     :class:`~lightning_sqn.globalization.trust_region.TrustRegionPolicy` (Delta_0 = ||g_0||). The pair
-    (s_k, y_k) is offered to the memory for accepted and rejected steps alike (Alg. 1 lines 12, 26).
-    Accept/reject and the radius are decided on the device.
+    (s_k, y_k) is offered to the memory for accepted and rejected steps alike (Alg. 1 lines 12, 26), at
+    the start of the next step. Everything m x m is host float64 arithmetic; the device does two
+    passes over the pair buffer per step.
 
     ``method="line_search"``: d_k = -H_k g_k from the inverse compact form (steepest descent when d_k is
     not a descent direction, which SR1 allows), a line search from alpha_0 = min(1, 2 alpha_{k-1})
@@ -42,8 +43,12 @@ class LSR1(QuasiNewtonOptimizer):
         trust_region: acceptance and radius parameters (paper defaults).
         initial_radius: Delta_0; ``None`` for ||g(x_0)||.
         line_search: line-search object for ``method="line_search"`` (default Armijo backtracking).
-        newton_iters: Newton iterations on the OBS secular equation (a cap on the CPU, the fixed count on
-            an accelerator; default :data:`~lightning_sqn.subproblem.obs.NEWTON_ITERS` = 12).
+        newton_iters: cap on the Newton iterations on the OBS secular equation (default
+            :data:`~lightning_sqn.subproblem.obs.NEWTON_ITERS` = 12).
+        full_batch: the closure computes the same function at every call (deterministic full-batch
+            training, the usual scientific-computing use): f and g at the point a step ends on are
+            reused as the next step's f(x_k), g(x_k), so an iteration costs one evaluation fewer.
+            Default False, the mini-batch setting of the papers, where each step sees a new batch.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class LSR1(QuasiNewtonOptimizer):
         initial_radius: float | None = None,
         line_search: LineSearch | None = None,
         newton_iters: int = NEWTON_ITERS,
+        full_batch: bool = False,
     ) -> None:
         if method not in ("trust_region", "line_search"):
             raise ValueError(
@@ -71,6 +77,8 @@ class LSR1(QuasiNewtonOptimizer):
             raise ValueError(f"initial_radius must be > 0 or None (for ||g_0||), got {initial_radius!r}")
         if not isinstance(newton_iters, int) or newton_iters < 1:
             raise ValueError(f"newton_iters must be an integer >= 1, got {newton_iters!r}")
+        if not isinstance(full_batch, bool):
+            raise ValueError(f"full_batch must be True or False, got {full_batch!r}")
         if method == "trust_region" and line_search is not None:
             raise ValueError("line_search is used only with method='line_search'")
         if method == "line_search" and (trust_region is not None or initial_radius is not None):
@@ -88,8 +96,10 @@ class LSR1(QuasiNewtonOptimizer):
             gamma_init=gamma_init,
             skip_tol=skip_tol,
             rank_tol=rank_tol,
+            work_rows=4 if method == "trust_region" else 3,
         )
         self.matrix = matrix
+        self.full_batch = full_batch
         self._model = LimitedMemoryModel(matrix, newton_iters)
         if method == "trust_region":
             self._stepper: TrustRegionStepper | LineSearchStepper = TrustRegionStepper(
@@ -100,7 +110,7 @@ class LSR1(QuasiNewtonOptimizer):
                 self, self._model, line_search or ArmijoBacktracking(), lr=1.0, initial_step="doubling"
             )
 
-    def _step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:
+    def _step(self, closure: Closure) -> StepStats:
         return self._stepper.step(closure)
 
     def _extra_state(self) -> dict[str, Any]:

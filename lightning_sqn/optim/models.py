@@ -1,83 +1,215 @@
 """Adapters that present each curvature representation to a stepper (:mod:`~lightning_sqn.optim.steppers`).
 
+A stepper drives a model through one protocol, in this order within a step:
+
+1. it evaluates g(x_k) into :attr:`g`; ``gather()`` returns the device tensors the step's single
+   first read needs (for a limited-memory model one product: [S Y]^T [g s y r] and the 4 x 4 inner
+   products of those n-vectors, from one pass over the pair buffer and the work rows beside it);
+2. ``absorb(values)`` takes those numbers on the host: the pair staged by the previous step is
+   offered to the matrix there (skip rule, Gram update, rank repair, gamma: all float64 host
+   algebra) and [S Y]^T g is kept for the solve;
+3. ``solve(radius)`` (trust region) writes the step into :attr:`s` with one pass and returns the
+   subproblem's host record, or ``direction()`` (line search) writes d = -H g into :attr:`s` with
+   one pass and returns g^T d and ||d|| computed on the host;
+4. after the trial, ``stage_*`` forms the pair (s, y) (and for the trust region the residual
+   r = y - B s = g(x + s) + sigma s) in n-vector rows; it is offered at the start of the next step,
+   where its products with the stored pairs come out of that step's one pass.
+
 Only composition lives here: the algebra is in :mod:`~lightning_sqn.qn` and :mod:`~lightning_sqn.subproblem`.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_sqn._device import device_scalar
+from lightning_sqn._device import to_host
 from lightning_sqn.qn.base import LimitedMemoryMatrix
 from lightning_sqn.qn.dense import DenseQuasiNewton
-from lightning_sqn.qn.lbfgs import LBFGSMatrix
 from lightning_sqn.qn.lsr1 import LSR1Matrix
 from lightning_sqn.subproblem.exact import solve_exact
-from lightning_sqn.subproblem.obs import NEWTON_ITERS, solve_obs
-from lightning_sqn.subproblem.result import SubproblemStatus, TrustRegionResult
+from lightning_sqn.subproblem.obs import NEWTON_ITERS, solve_obs_host
+from lightning_sqn.subproblem.result import HostTrustRegionStep, SubproblemStatus
 from lightning_sqn.subproblem.steihaug import solve_steihaug
 
+_G, _S, _Y, _R = 0, 1, 2, 3  # rows of the work buffer
 
-class LimitedMemoryModel:
-    """An :class:`LSR1Matrix` or :class:`LBFGSMatrix` as trust-region or line-search model."""
+
+class _StagingModel:
+    """What every model shares: the work rows (g, s, y[, r]), the staged pair and its state.
+
+    Subclasses set ``work`` (a ``(k, n)`` tensor) and call :meth:`_init_rows`.
+    """
+
+    work: Tensor
+
+    def _init_rows(self) -> None:
+        self._rows = self.work.unbind(0)  # views made once: no view operation per step
+        self.staged = False  #: a pair (s, y) waits in the work rows to be offered
+        self._gg = 0.0
+
+    @property
+    def g(self) -> Tensor:
+        return self._rows[_G]
+
+    @property
+    def s(self) -> Tensor:
+        return self._rows[_S]
+
+    def gamma(self) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def gradient_direction(self) -> tuple[float, float]:
+        """d = -g / gamma into :attr:`s` (the fallback when -H g is not a descent direction)."""
+        gamma = self.gamma()
+        torch.mul(self.g, -1.0 / gamma, out=self.s)
+        return -self._gg / gamma, math.sqrt(self._gg) / gamma
+
+    def stage_line_search(self, g_trial: Tensor, alpha: float) -> None:
+        """s = alpha d (d is in the s row), y = g(x + s) - g(x)."""
+        self._rows[_S].mul_(alpha)
+        torch.sub(g_trial, self._rows[_G], out=self._rows[_Y])
+        self.staged = True
+
+    def _staged_state(self) -> dict:
+        """The staged pair (the rows after g, which is scratch)."""
+        return {"staged": self.staged, "staged_rows": self.work[_S:]}
+
+    def _check_staged_state(self, state: dict) -> None:
+        rows = state.get("staged_rows") if isinstance(state, dict) else None
+        if "staged" not in state or not isinstance(rows, Tensor) or rows.shape != self.work[_S:].shape:
+            raise ValueError(
+                "the staged-pair rows in this state do not fit this optimizer (expected 'staged_rows' of "
+                f"shape {tuple(self.work[_S:].shape)})"
+            )
+
+    def _load_staged_state(self, state: dict) -> None:
+        self.work[_S:].copy_(state["staged_rows"].to(self.work))
+        self.staged = bool(state["staged"])
+
+
+class LimitedMemoryModel(_StagingModel):
+    """An :class:`LSR1Matrix` or :class:`LBFGSMatrix` as trust-region or line-search model.
+
+    Args:
+        matrix: the limited-memory matrix.
+        newton_iters: cap on the OBS secular Newton iteration.
+        with_residual: keep the row r = y - B s of the trust-region step (the SR1 skip rule then uses
+            it exactly); without it (line search) the residual's inner products are formed on the host.
+    """
 
     def __init__(self, matrix: LimitedMemoryMatrix, newton_iters: int = NEWTON_ITERS) -> None:
         self.matrix = matrix
         self.newton_iters = newton_iters
-        self._last_solve: tuple[Tensor, Tensor, Tensor] | None = None
+        mem = matrix.memory
+        if mem.work.shape[0] not in (3, 4):
+            raise ValueError(
+                "the matrix must be built with work_rows=4 (trust region: g, s, y, r) or 3 (line search: "
+                f"g, s, y), got {mem.work.shape[0]}"
+            )
+        #: rows g (the gradient at x_k), s (step or direction), y, r (residual, trust region only)
+        self.work = mem.work
+        self._init_rows()
+        self._proj_g: np.ndarray | None = None
 
-    def solve(
-        self, g: Tensor, radius: Tensor, g_norm_sq: Tensor | None = None, out: Tensor | None = None
-    ) -> TrustRegionResult:
-        if not isinstance(self.matrix, LSR1Matrix):
+    # ------------------------------------------------------------------ phase 1
+    def gather(self) -> list[Tensor]:
+        """[S Y W]^T W for the work rows W: [S Y]^T W and W W^T from one pass."""
+        return [self.matrix.memory.project_work()]
+
+    def peek_gg(self, values: np.ndarray) -> float:
+        k = self.work.shape[0]
+        return float(values[(2 * self.matrix.memory.m + _G) * k + _G])
+
+    def absorb(self, values: np.ndarray) -> tuple[bool | None, int]:
+        """Take the numbers of :meth:`gather` (flat, float64); offer the staged pair.
+
+        Returns (stored, dropped): whether the previous step's pair was stored (None if none was
+        staged) and how many older pairs rank repair removed.
+        """
+        mem = self.matrix.memory
+        k = self.work.shape[0]
+        m2 = 2 * mem.m
+        G = values.reshape(m2 + k, k)
+        P, D = G[:m2], G[m2:]
+        proj_g = P[:, _G].copy()
+        self._gg = float(D[_G, _G])
+        stored: bool | None = None
+        dropped = 0
+        if self.staged:
+            self.staged = False
+            slot = mem.next_slot()
+            residual = (float(D[_S, _R]), float(D[_R, _R])) if k > _R else None
+            dots = (float(D[_S, _S]), float(D[_S, _Y]), float(D[_Y, _Y]))
+            stored, dropped = self.matrix.offer(
+                self._rows[_S], self._rows[_Y], P[:, _S], P[:, _Y], dots, residual=residual
+            )
+            if stored:  # the new pair's products with g (its slot held the evicted pair's)
+                proj_g[slot], proj_g[mem.m + slot] = D[_G, _S], D[_G, _Y]
+        self._proj_g = proj_g
+        return stored, dropped
+
+    def _projection(self) -> np.ndarray:
+        """[S Y]^T g for the current memory (re-read after the memory was replaced, e.g. sampled pairs)."""
+        if self._proj_g is None:
+            mem = self.matrix.memory
+            if mem.count() == 0:
+                self._proj_g = np.zeros(2 * mem.m)
+            else:
+                self._proj_g = to_host(mem.project(self.g))
+        return self._proj_g
+
+    # ------------------------------------------------------------------ phase 2
+    def solve(self, radius: float) -> HostTrustRegionStep:
+        """OBS on the host; the step s = c_g g + [S Y] c into :attr:`s` (one pass)."""
+        matrix = self.matrix
+        if not isinstance(matrix, LSR1Matrix):
             raise TypeError("the trust-region subproblem is solved by OBS, which needs an LSR1Matrix")
-        proj_g = self.matrix.memory.project(g)
-        res = solve_obs(
-            self.matrix,
-            g,
+        f = matrix.factors(primal=True)
+        sol = solve_obs_host(
+            f.b0,
+            f.mask,
+            f.gram,
+            f.middle,
+            f.psi_t(self._projection()),
+            self._gg,
             radius,
-            proj_g=proj_g,
-            g_norm_sq=g_norm_sq,
-            out=out,
+            matrix.memory.n,
+            rank_tol=matrix.rank_tol,
             newton_iters=self.newton_iters,
         )
-        assert res.coefficients is not None
-        self._last_solve = (proj_g, *res.coefficients)
-        return res
+        matrix.memory.combine(sol.coef, self.g, beta=sol.coef_g, out=self.s)
+        return HostTrustRegionStep(
+            sigma=sol.sigma,
+            predicted_reduction=sol.predicted_reduction,
+            step_norm=sol.step_norm,
+            status=sol.status,
+            eigenvalues=sol.eigenvalues,
+        )
 
-    def _step_products(self, y: Tensor, scale: float | Tensor | None) -> Tensor | None:
-        """[S Y]^T [s y] for s = scale * v, v the step or direction of the last solve/direction call.
+    def direction(self) -> tuple[float, float]:
+        """d = -H g into :attr:`s` (one pass); returns (g^T d, ||d||) formed on the host."""
+        proj = self._projection()
+        b0, c = self.matrix.inv_mv_coefficients(proj)
+        self.matrix.memory.combine(-c, self.g, beta=-b0, out=self.s)
+        gg, pc = self._gg, float(proj @ c)
+        dd = b0 * b0 * gg + 2.0 * b0 * pc + float(c @ self.matrix.memory.gram() @ c)
+        return -(b0 * gg + pc), math.sqrt(max(dd, 0.0))
 
-        v = c_g g + [S Y] c, so [S Y]^T s = scale (c_g [S Y]^T g + ([S Y]^T [S Y]) c) comes from the
-        stored Gram matrices; only [S Y]^T y needs a pass over the buffer. ``scale=None``: s is not
-        such a multiple (e.g. a steepest-descent fallback), so the products are computed directly.
-        """
-        last, self._last_solve = self._last_solve, None
-        if last is None or scale is None:
-            return None
-        proj_g, coef_g, coef = last
-        mem = self.matrix.memory
-        return torch.stack((scale * (coef_g * proj_g + mem.gram() @ coef), mem.project(y)), dim=1)
+    # ------------------------------------------------------------------ phase 3
+    def stage_trust_region(self, g_trial: Tensor, sigma: float) -> None:
+        """y = g(x + s) - g(x) (Alg. 1 line 12) and r = y - B s = g(x + s) + sigma s, since
+        (B + sigma I) s = -g at the subproblem solution."""
+        W = self._rows
+        torch.sub(g_trial, W[_G], out=W[_Y])
+        torch.add(g_trial, W[_S], alpha=sigma, out=W[_R])
+        self.staged = True
 
-    def direction(self, g: Tensor) -> Tensor:
-        """d = -H g = -(b0 g + [S Y] c)."""
-        proj_g, b0, c = self.matrix.inv_mv_coefficients(g)
-        self._last_solve = (proj_g, -b0, -c)
-        return self.matrix.memory.combine(-c, v=-b0 * g)
-
-    def offer(
-        self, s: Tensor, y: Tensor, residual: Tensor | None = None, scale: float | Tensor | None = 1.0
-    ) -> tuple[Tensor, Tensor]:
-        """Offer the pair; ``scale``: s = scale x (the last step or direction), or None if it is not."""
-        products = self._step_products(y, scale)
-        if isinstance(self.matrix, LSR1Matrix):
-            return self.matrix.update(s, y, residual=residual, products=products)
-        assert isinstance(self.matrix, LBFGSMatrix)
-        stored = self.matrix.update(s, y, products=products)
-        return stored, torch.zeros((), dtype=torch.long, device=stored.device)
-
-    def load_pairs(self, S: Tensor, Y: Tensor) -> Tensor:
+    # ------------------------------------------------------------------ memory
+    def load_pairs(self, S: Tensor, Y: Tensor) -> int:
         """Forget the memory, then offer the pairs (rows of S, Y) in order; return how many were kept.
 
         Each pair meets the matrix's own test (SR1 skip rule with rank repair, or the BFGS curvature
@@ -85,34 +217,43 @@ class LimitedMemoryModel:
         """
         self.reset()
         for s, y in zip(S, Y, strict=True):
-            self.offer(s, y, scale=None)
+            self.matrix.update(s, y)
         return self.pairs()
 
-    def pairs(self) -> Tensor:
+    def pairs(self) -> int:
         return self.matrix.memory.count()
 
-    def gamma(self) -> Tensor:
+    def gamma(self) -> float:
         return self.matrix.gamma
 
     def reset(self) -> None:
+        """Forget all pairs, the staged one included."""
         self.matrix.reset()
-        self._last_solve = None
+        self.staged = False
+        self._proj_g = None
 
     def state_dict(self) -> dict:
-        return self.matrix.state_dict()
+        return {**self.matrix.state_dict(), **self._staged_state()}
+
+    def check_state(self, state: dict) -> None:
+        self.matrix.check_state(state)
+        self._check_staged_state(state)
 
     def load_state_dict(self, state: dict) -> None:
+        self.check_state(state)
         self.matrix.load_state_dict(state)
+        self._load_staged_state(state)
+        self._proj_g = None
 
 
 class SteihaugModel(LimitedMemoryModel):
     """An :class:`LSR1Matrix` whose trust-region subproblem is solved by Steihaug-Toint truncated CG.
 
-    Products B v come from the compact form (two passes over the pair buffer each). B = gamma I plus
-    a rank-<= m term has at most m + 1 distinct eigenvalues, so CG ends within m + 1 iterations in
-    exact arithmetic; the cap defaults to 2 (m + 1). The result carries sigma = 0 and no eigenvalues
-    (CG does not know them); the truncated step does not satisfy (B + sigma I) s = -g, so this model
-    serves only methods that do not offer the step's own pair (sampled L-SR1).
+    Products B v come from the compact form (two passes over the pair buffer and a read each). B =
+    gamma I plus a rank-<= m term has at most m + 1 distinct eigenvalues, so CG ends within m + 1
+    iterations in exact arithmetic; the cap defaults to 2 (m + 1). The result carries sigma = 0 and no
+    eigenvalues (CG does not know them); the truncated step does not satisfy (B + sigma I) s = -g, so
+    this model serves only methods that do not offer the step's own pair (sampled L-SR1).
     """
 
     def __init__(
@@ -121,13 +262,17 @@ class SteihaugModel(LimitedMemoryModel):
         super().__init__(matrix)
         self.kappa, self.theta = kappa, theta
         self.max_iters = 2 * (matrix.m + 1) if max_iters is None else max_iters
+        self.last_iterations = 0
 
-    def solve(
-        self, g: Tensor, radius: Tensor, g_norm_sq: Tensor | None = None, out: Tensor | None = None
-    ) -> TrustRegionResult:
-        del g_norm_sq, out
+    def solve(self, radius: float) -> HostTrustRegionStep:
+        g = self.g
         res = solve_steihaug(
-            self.matrix.mv, g, radius, kappa=self.kappa, theta=self.theta, max_iters=self.max_iters
+            self.matrix.mv,
+            g,
+            torch.full((), radius, dtype=g.dtype, device=g.device),
+            kappa=self.kappa,
+            theta=self.theta,
+            max_iters=self.max_iters,
         )
         self.last_iterations = res.iterations
         status = {
@@ -136,56 +281,82 @@ class SteihaugModel(LimitedMemoryModel):
             "negative_curvature": SubproblemStatus.NEGATIVE_CURVATURE,
             "cap": SubproblemStatus.CAP,
         }[res.reason]
-        device = g.device
-        return TrustRegionResult(
-            step=res.step,
-            sigma=torch.zeros((), dtype=g.dtype, device=device),
-            hit_boundary=device_scalar(res.hit_boundary, dtype=torch.bool, device=device),
-            predicted_reduction=res.predicted_reduction,
-            status=device_scalar(int(status), dtype=torch.long, device=device),
-            eigenvalues=None,
-            step_norm=res.step_norm,
+        self.s.copy_(res.step)
+        pred, norm = to_host(res.predicted_reduction, res.step_norm)
+        return HostTrustRegionStep(
+            sigma=0.0, predicted_reduction=float(pred), step_norm=float(norm), status=int(status)
         )
 
 
-class DenseModel:
-    """A dense :class:`DenseSR1` / :class:`DenseBFGS` matrix; the subproblem is solved exactly (eigh)."""
+class DenseModel(_StagingModel):
+    """A dense :class:`DenseSR1` / :class:`DenseBFGS` matrix; the subproblem is solved exactly (eigh).
+
+    For tiny models only: it decides on the host after reading what it needs, and offers the staged
+    pair at the start of the next step like the limited-memory model.
+    """
 
     def __init__(self, matrix: DenseQuasiNewton, device: torch.device, dtype: torch.dtype) -> None:
         self.matrix = matrix
-        self.device = device
-        self.dtype = dtype
+        n = matrix.n
+        self.work = torch.zeros(3, n, dtype=dtype, device=device)  # g, s, y
+        self._init_rows()
 
-    def solve(
-        self, g: Tensor, radius: Tensor, g_norm_sq: Tensor | None = None, out: Tensor | None = None
-    ) -> TrustRegionResult:
-        del g_norm_sq, out
-        return solve_exact(self.matrix.to_dense(), g, radius)
+    def gather(self) -> list[Tensor]:
+        return [self.g @ self.g]
 
-    def direction(self, g: Tensor) -> Tensor:
-        return -self.matrix.inv_mv(g)
+    def peek_gg(self, values: np.ndarray) -> float:
+        return float(values[0])
 
-    def offer(
-        self, s: Tensor, y: Tensor, residual: Tensor | None = None, scale: float | Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        del residual, scale  # the dense update forms y - B s itself
-        stored = self.matrix.update(s, y)
-        return stored, torch.zeros((), dtype=torch.long, device=self.device)
+    def absorb(self, values: np.ndarray) -> tuple[bool | None, int]:
+        self._gg = float(values[0])
+        if not self.staged:
+            return None, 0
+        self.staged = False
+        return bool(self.matrix.update(self._rows[_S], self._rows[_Y])), 0
 
-    def pairs(self) -> Tensor:
-        return torch.tensor(self.matrix.num_updates, device=self.device)
+    def solve(self, radius: float) -> HostTrustRegionStep:
+        res = solve_exact(self.matrix.to_dense(), self.g, radius)
+        self.s.copy_(res.step)
+        sigma, pred, norm, status = to_host(res.sigma, res.predicted_reduction, res.step_norm, res.status)
+        eig = None if res.eigenvalues is None else res.eigenvalues.numpy(force=True).astype(np.float64)
+        return HostTrustRegionStep(
+            sigma=float(sigma),
+            predicted_reduction=float(pred),
+            step_norm=float(norm),
+            status=int(status),
+            eigenvalues=eig,
+        )
 
-    def gamma(self) -> Tensor:
-        return torch.tensor(self.matrix.gamma, dtype=self.dtype, device=self.device)
+    def direction(self) -> tuple[float, float]:
+        torch.neg(self.matrix.inv_mv(self.g), out=self.s)
+        gd, dd = to_host(self.g @ self.s, self.s @ self.s)
+        return float(gd), math.sqrt(max(float(dd), 0.0))
+
+    def stage_trust_region(self, g_trial: Tensor, sigma: float) -> None:
+        del sigma  # the dense update forms y - B s itself
+        torch.sub(g_trial, self.g, out=self._rows[_Y])
+        self.staged = True
+
+    def pairs(self) -> int:
+        return int(self.matrix.num_updates)
+
+    def gamma(self) -> float:
+        return float(self.matrix.gamma)
 
     def reset(self) -> None:
         self.matrix.reset()
+        self.staged = False
 
     def state_dict(self) -> dict:
-        return self.matrix.state_dict()
+        return {**self.matrix.state_dict(), **self._staged_state()}
+
+    def check_state(self, state: dict) -> None:
+        self._check_staged_state(state)
 
     def load_state_dict(self, state: dict) -> None:
-        self.matrix.load_state_dict(state)
+        self.check_state(state)
+        self.matrix.load_state_dict({k: v for k, v in state.items() if k not in ("staged", "staged_rows")})
+        self._load_staged_state(state)
 
 
 __all__ = ["DenseModel", "LimitedMemoryModel", "SteihaugModel"]

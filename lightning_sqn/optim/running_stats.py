@@ -48,15 +48,15 @@ class RunningStats:
     def after_evaluation(self) -> None:
         self._after.append([b.detach().clone() for b in self.buffers])
 
-    def commit(self, accepted: Tensor | bool, if_accepted: int, if_rejected: int) -> None:
-        """Install the buffers of evaluation ``if_accepted`` where ``accepted`` else of ``if_rejected``.
-
-        ``accepted`` may be a device tensor (no host synchronisation).
+    def commit(self, accepted: Tensor | bool, if_accepted: int | None, if_rejected: int | None) -> None:
+        """Install the buffers of evaluation ``if_accepted`` if ``accepted`` else of ``if_rejected``
+        (0-based indices into this step's evaluations; ``None``: the statistics at the start of the
+        step, for a step that made no evaluation at the point it ends on, e.g. full-batch reuse).
         """
-        a, r = self._after[if_accepted], self._after[if_rejected]
-        cond = torch.as_tensor(accepted)
-        for buf, x, y in zip(self.buffers, a, r, strict=True):
-            buf.copy_(torch.where(cond.to(buf.device), x, y))
+        index = if_accepted if bool(accepted) else if_rejected
+        chosen = self._start if index is None else self._after[index]
+        if chosen:
+            torch._foreach_copy_(self.buffers, chosen)
         self._after = []
 
     def abort(self) -> None:

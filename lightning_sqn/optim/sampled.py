@@ -100,8 +100,17 @@ class _SampledBase(QuasiNewtonOptimizer):
     _stepper: TrustRegionStepper | LineSearchStepper
 
     def _make_refresh(
-        self, memory: int, sample_radius: float, sampling: Sampling, seed: int | None
+        self, memory: int, sample_radius: float, sampling: Sampling, seed: int | None, full_batch: bool
     ) -> SampledPairs:
+        if not isinstance(full_batch, bool):
+            raise ValueError(f"full_batch must be True or False, got {full_batch!r}")
+        if full_batch and sampling == "hessian":
+            raise ValueError(
+                "full_batch=True reuses f and g at the accepted point, but sampling='hessian' needs the "
+                "evaluation at x_k to keep its autograd graph for the Hessian-vector products, so it must "
+                "evaluate anyway. Use sampling='gradient' with full_batch=True, or full_batch=False."
+            )
+        self.full_batch = full_batch
         self.needs_graph = sampling == "hessian"
         self._sampler = DirectionSampler(memory, sample_radius, self._flat.device, seed)
         self._refresh = SampledPairs(self, self._model, self._sampler, sampling)
@@ -123,7 +132,7 @@ class _SampledBase(QuasiNewtonOptimizer):
         finally:
             self._graph = None
 
-    def _step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:
+    def _step(self, closure: Closure) -> StepStats:
         return self._stepper.step(closure)
 
     def _extra_state(self) -> dict[str, Any]:
@@ -165,13 +174,16 @@ class SampledLSR1(_SampledBase):
         rank_tol: rank threshold of the repair loop and of OBS.
         trust_region: acceptance and radius parameters.
         initial_radius: Delta_0; ``None`` for ||g(w_0)||.
-        newton_iters: Newton iterations on the OBS secular equation (a cap on the CPU, the fixed count on
-            an accelerator; default :data:`~lightning_sqn.subproblem.obs.NEWTON_ITERS` = 12).
+        newton_iters: cap on the Newton iterations on the OBS secular equation (default
+            :data:`~lightning_sqn.subproblem.obs.NEWTON_ITERS` = 12).
         subproblem: ``"obs"`` (exact solution, the default) or ``"steihaug"`` (Steihaug-Toint truncated
             CG on B v products, as in the authors' code; no eigenvalues are reported then).
         cg_max_iters: iteration cap of Steihaug CG (default 2 (m + 1)).
         seed: seed of the direction generator (``None``: drawn from the global generator on the first
             step; identical on all ranks either way).
+        full_batch: reuse f and g at the accepted point as the next step's (see
+            :class:`~lightning_sqn.LSR1`); only with ``sampling="gradient"`` (option II must evaluate
+            x_k with its graph).
     """
 
     def __init__(
@@ -191,6 +203,7 @@ class SampledLSR1(_SampledBase):
         subproblem: Literal["obs", "steihaug"] = "obs",
         cg_max_iters: int | None = None,
         seed: int | None = None,
+        full_batch: bool = False,
     ) -> None:
         check_sampling(memory, sample_radius, sampling)
         if subproblem not in ("obs", "steihaug"):
@@ -225,12 +238,13 @@ class SampledLSR1(_SampledBase):
             gamma_init=gamma_init,
             skip_tol=skip_tol,
             rank_tol=rank_tol,
+            work_rows=3,
         )
         if subproblem == "obs":
             self._model = LimitedMemoryModel(self.matrix, newton_iters)
         else:
             self._model = SteihaugModel(self.matrix, max_iters=cg_max_iters)
-        refresh = self._make_refresh(memory, sample_radius, sampling, seed)
+        refresh = self._make_refresh(memory, sample_radius, sampling, seed, full_batch)
         self._stepper = TrustRegionStepper(
             self, self._model, trust_region or TrustRegionPolicy(), initial_radius, refresh=refresh
         )
@@ -253,6 +267,7 @@ class SampledLBFGS(_SampledBase):
         gamma: H_0 = I / gamma; ``"scaled"`` (y^T y / s^T y of the newest kept pair) or a float > 0.
         curvature_eps: epsilon of the curvature test.
         seed: seed of the direction generator, see :class:`SampledLSR1`.
+        full_batch: see :class:`SampledLSR1`.
     """
 
     def __init__(
@@ -267,6 +282,7 @@ class SampledLBFGS(_SampledBase):
         gamma: Literal["scaled"] | float = "scaled",
         curvature_eps: float = 1e-8,
         seed: int | None = None,
+        full_batch: bool = False,
     ) -> None:
         check_sampling(memory, sample_radius, sampling)
         if not lr > 0:
@@ -282,10 +298,16 @@ class SampledLBFGS(_SampledBase):
         super().__init__(params, defaults)
         flat = self._flat
         self.matrix = LBFGSMatrix(
-            memory, flat.numel, dtype=flat.dtype, device=flat.device, gamma=gamma, curvature_eps=curvature_eps
+            memory,
+            flat.numel,
+            dtype=flat.dtype,
+            device=flat.device,
+            gamma=gamma,
+            curvature_eps=curvature_eps,
+            work_rows=3,
         )
         self._model = LimitedMemoryModel(self.matrix)
-        refresh = self._make_refresh(memory, sample_radius, sampling, seed)
+        refresh = self._make_refresh(memory, sample_radius, sampling, seed, full_batch)
         search = StrongWolfe() if line_search == "default" else line_search
         self._stepper = LineSearchStepper(self, self._model, search, lr=lr, refresh=refresh)  # type: ignore[arg-type]
 

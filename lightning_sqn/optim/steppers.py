@@ -2,17 +2,21 @@
 
 * :class:`TrustRegionStepper`: Alg. 1 of Ramamurthy & Duffy (L-SR1 with trust region), for any
   curvature model that solves its own trust-region subproblem. Exactly two closure evaluations per step
-  (f, g at x_k and at x_k + s_k, on the same mini-batch); accept/reject and the radius are device-side
-  ``torch.where`` decisions, so the step reads the host once itself (the finiteness check of f(x_k));
-  on CUDA the model's small eigendecompositions add one status read each (torch has no ``eigh_ex``).
+  (f, g at x_k and at x_k + s_k, on the same mini-batch) and two reads of host values: after the first
+  evaluation (f(x_k) and the model's projections, one transfer) and after the trial (f(x_k + s_k)).
+  Everything in between that is not O(n) (subproblem, rho, acceptance, radius, skip rule, rank repair)
+  is host float64 arithmetic.
 * :class:`LineSearchStepper`: Alg. 2 (L-SR1 with line search), also L-BFGS and dense BFGS: direction
-  d = -H g, a line-search object along d, then the pair (s, y). Line searches decide on the host: one
-  read for f(x_k) and the finiteness check, one for g^T d, ||d|| and the pair count, one per trial point.
+  d = -H g, a line-search object along d, then the pair (s, y). One read after the first evaluation,
+  one per trial point.
 
-Which form a decision takes (host branch or device select) is chosen by
-:func:`lightning_sqn._device.host_reads_are_free`; ``tests/optim/test_host_reads.py`` counts the reads.
+Both offer the step's pair (s_k, y_k) to the model at the start of the next step (see
+:mod:`~lightning_sqn.optim.models`), so ``last_step.pair_stored`` reports on the previous step's pair.
 
-A curvature model is anything implementing :class:`TrustRegionModel` or :class:`LineSearchModel`.
+With ``full_batch`` (the closure computes the same function at every call) f and g at the point a
+step ends on are reused as the next step's f(x_k), g(x_k): one evaluation per iteration.
+
+A curvature model is anything implementing :class:`StepModel`.
 """
 
 from __future__ import annotations
@@ -20,48 +24,46 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_sqn._device import device_scalar, read_to_host
+from lightning_sqn._device import to_host
 from lightning_sqn.globalization.linesearch import LineSearch
 from lightning_sqn.globalization.trust_region import TrustRegionPolicy
 from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
-from lightning_sqn.subproblem.result import TrustRegionResult
+from lightning_sqn.subproblem.result import HostTrustRegionStep
 
 
-class TrustRegionModel(Protocol):
-    """Curvature model of a trust-region method."""
+class StepModel(Protocol):
+    """Curvature model of a stepper (see :mod:`~lightning_sqn.optim.models` for the phases)."""
 
-    def solve(self, g: Tensor, radius: Tensor, g_norm_sq: Tensor, out: Tensor) -> TrustRegionResult:
-        """Solve the subproblem; the step may be written into ``out``."""
+    g: Tensor  #: where the stepper evaluates g(x_k)
+    s: Tensor  #: where the model writes the step or direction
+
+    def gather(self) -> list[Tensor]: ...
+
+    def peek_gg(self, values: np.ndarray) -> float:
+        """g^T g from the values of :meth:`gather` (checked before anything changes)."""
         ...
 
-    def offer(self, s: Tensor, y: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
-        """Offer (s, y) with residual = y - B s; return (stored, pairs dropped)."""
-        ...
+    def absorb(self, values: np.ndarray) -> tuple[bool | None, int]: ...
 
-    def pairs(self) -> Tensor: ...
+    def solve(self, radius: float) -> HostTrustRegionStep: ...
 
-    def gamma(self) -> Tensor: ...
+    def direction(self) -> tuple[float, float]: ...
 
+    def gradient_direction(self) -> tuple[float, float]: ...
 
-class LineSearchModel(Protocol):
-    """Curvature model of a line-search method."""
+    def stage_trust_region(self, g_trial: Tensor, sigma: float) -> None: ...
 
-    def direction(self, g: Tensor) -> Tensor:
-        """d = -H g."""
-        ...
+    def stage_line_search(self, g_trial: Tensor, alpha: float) -> None: ...
 
-    def offer(
-        self, s: Tensor, y: Tensor, residual: None = None, scale: float | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Offer (s, y); ``scale``: s = scale x the last direction (lets the model skip a pass), or None."""
-        ...
+    def pairs(self) -> int: ...
 
-    def pairs(self) -> Tensor: ...
+    def gamma(self) -> float: ...
 
-    def gamma(self) -> Tensor: ...
+    def reset(self) -> None: ...
 
 
 class CurvatureRefresh(Protocol):
@@ -79,13 +81,59 @@ class CurvatureRefresh(Protocol):
         ...
 
 
-def spectrum_stats(eigenvalues: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def spectrum_stats(eigenvalues: np.ndarray | None) -> tuple[float | None, float | None, int | None]:
     """(min, max, number of negative entries) of the eigenvalues of B that a solver reports."""
-    return eigenvalues.amin(), eigenvalues.amax(), (eigenvalues < 0).sum()
+    if eigenvalues is None:
+        return None, None, None
+    return float(eigenvalues.min()), float(eigenvalues.max()), int((eigenvalues < 0).sum())
 
 
-class TrustRegionStepper:
-    """Alg. 1 lines 3-25 around a :class:`TrustRegionModel`.
+class _Stepper:
+    """What both steppers share: the first evaluation with its one read, and the full-batch cache."""
+
+    def __init__(self, opt: QuasiNewtonOptimizer, model: StepModel, refresh: CurvatureRefresh | None) -> None:
+        self.opt = opt
+        self.model = model
+        self.refresh = refresh
+        flat = opt._flat
+        # Preallocated n-vectors: a fresh 4 MB temporary costs page faults comparable to the arithmetic.
+        self.x, self.g_trial = flat.new_zeros(), flat.new_zeros()
+        #: full batch: f at the point the last step ended on (its gradient is in model.g), else None
+        self._cached_f: Tensor | None = None
+
+    def _begin(self, closure: Closure) -> tuple[Tensor, float, float, bool | None, int]:
+        """x_k into ``self.x``; f, g at x_k (evaluated, or reused in full-batch mode); the step's first
+        read; the staged pair offered. Returns (f0, f0 on the host, g^T g, stored, dropped)."""
+        opt, model, refresh = self.opt, self.model, self.refresh
+        opt._flat.gather_params(self.x)
+        needs_graph = refresh is not None and refresh.needs_graph
+        f0 = self._cached_f if opt.full_batch and not needs_graph else None
+        self._cached_f = None
+        #: index of the evaluation at x_k in this step (None when it was reused from the last step)
+        self.start_eval: int | None = None
+        if f0 is None:
+            f0 = opt._evaluate(closure, model.g, create_graph=needs_graph)
+            self.start_eval = 0
+        values = to_host(f0, *model.gather())
+        f0_host = float(values[0])
+        gg = model.peek_gg(values[1:])
+        opt._check_finite(f0_host, gg)
+        stored, dropped = model.absorb(values[1:])
+        return f0, f0_host, gg, stored, dropped
+
+    def _end(self, f_next: Tensor, g_next: Tensor | None) -> None:
+        """Full batch: keep f (and g, copied into model.g when it is not there) for the next step."""
+        if self.opt.full_batch:
+            if g_next is not None:
+                self.model.g.copy_(g_next)
+            self._cached_f = f_next
+
+    def forget_cache(self) -> None:
+        self._cached_f = None
+
+
+class TrustRegionStepper(_Stepper):
+    """Alg. 1 lines 3-25 around a :class:`StepModel`.
 
     Args:
         opt: the optimizer (flat parameters, closure evaluation).
@@ -99,70 +147,54 @@ class TrustRegionStepper:
     def __init__(
         self,
         opt: QuasiNewtonOptimizer,
-        model: TrustRegionModel,
+        model: StepModel,
         policy: TrustRegionPolicy,
         initial_radius: float | None,
         refresh: CurvatureRefresh | None = None,
     ) -> None:
-        self.opt = opt
-        self.model = model
+        super().__init__(opt, model, refresh)
         self.policy = policy
-        self.refresh = refresh
-        flat = opt._flat
-        # Preallocated n-vectors: a fresh 4 MB temporary costs page faults comparable to the arithmetic.
-        self.x, self.x_trial = flat.new_zeros(), flat.new_zeros()
-        self.g, self.g_trial = flat.new_zeros(), flat.new_zeros()
-        self.s, self.y, self.r = flat.new_zeros(), flat.new_zeros(), flat.new_zeros()
-        init = -1.0 if initial_radius is None else float(initial_radius)
-        self.radius = torch.tensor(init, dtype=flat.dtype, device=flat.device)
+        self.x_trial = opt._flat.new_zeros()
+        self.radius = -1.0 if initial_radius is None else float(initial_radius)
 
-    def step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:
-        opt, flat, policy = self.opt, self.opt._flat, self.policy
-        x = flat.gather_params(self.x)
-        refresh = self.refresh
-        f0 = opt._evaluate(closure, self.g, create_graph=refresh is not None and refresh.needs_graph)
-        gg, _ = opt._check_finite_start(f0, self.g)
-        g = self.g
+    def step(self, closure: Closure) -> StepStats:
+        opt, flat, policy, model, refresh = self.opt, self.opt._flat, self.policy, self.model, self.refresh
+        f0, f0_host, gg, stored, dropped = self._begin(closure)
         if refresh is not None:
-            refresh.refresh(closure, x, g)
-        gnorm = gg.sqrt()
+            refresh.refresh(closure, self.x, model.g)
+        gnorm = math.sqrt(gg)
         # Delta_0 = ||g_0|| on the first step (a positive fallback if g_0 = 0).
-        radius = torch.where(
-            self.radius > 0, self.radius, torch.where(gnorm > 0, gnorm, torch.ones_like(gnorm))
-        )
-        res = self.model.solve(g, radius, gg, out=self.s)
-        s = res.step
-        torch.add(x, s, out=self.x_trial)
+        radius = self.radius if self.radius > 0 else (gnorm if gnorm > 0 else 1.0)
+        res = model.solve(radius)
+        torch.add(self.x, model.s, out=self.x_trial)
         flat.set_params(self.x_trial)
         f1 = opt._evaluate(closure, self.g_trial)
-        ared = f0 - f1
+        if refresh is None:  # y_k for accepted and rejected steps alike (Alg. 1 line 12)
+            model.stage_trust_region(self.g_trial, res.sigma)
+        f1_host = float(to_host(f1)[0])
+        ared = f0_host - f1_host
         rho = policy.rho(ared, res.predicted_reduction)
-        accepted = policy.accept(rho)
-        if refresh is None:
-            # y_k = g(x_k + s_k) - g(x_k) on the same mini-batch, also for rejected steps (Alg. 1 line 12).
-            y = torch.sub(self.g_trial, g, out=self.y)
-            # y - B s = g(x + s) + sigma s, because (B + sigma I) s = -g at the subproblem solution.
-            residual = torch.mul(s, res.sigma, out=self.r).add_(self.g_trial)
-            stored, dropped = self.model.offer(s, y, residual)
-        else:  # the pairs are sampled afresh at the next iterate
-            stored = torch.zeros((), dtype=torch.bool, device=flat.device)
-            dropped = torch.zeros((), dtype=torch.long, device=flat.device)
-        next_radius = policy.update_radius(radius, rho, res.step_norm)
-        self.radius.copy_(next_radius)
-        flat.keep_if(accepted, x, self.x_trial, out=self.x)  # the parameters hold x_k + s_k
+        accepted = bool(policy.accept(rho))
+        next_radius = float(policy.update_radius(radius, rho, res.step_norm, dtype=flat.dtype))
+        self.radius = next_radius
+        if not accepted:
+            flat.set_params(self.x)
         # the trial point is the latest evaluation (sampling may have evaluated in between)
-        opt._commit_running_stats(accepted, if_accepted=opt._evals_this_step - 1, if_rejected=0)
-        eig_min, eig_max, negative = (
-            (None, None, None) if res.eigenvalues is None else spectrum_stats(res.eigenvalues)
-        )
+        trial_index = opt._evals_this_step - 1
+        opt._commit_running_stats(accepted, if_accepted=trial_index, if_rejected=self.start_eval)
+        if accepted:
+            self._end(f1, self.g_trial)
+        else:
+            self._end(f0, None)
+        eig_min, eig_max, negative = spectrum_stats(res.eigenvalues)
         stats = StepStats(
             loss=f0,
             closure_evals=opt._evals_this_step,
             accepted=accepted,
             step_norm=res.step_norm,
             pair_stored=stored,
-            pairs_in_memory=self.model.pairs(),
-            trial_loss=f1,
+            pairs_in_memory=model.pairs(),
+            trial_loss=f1_host,
             radius=radius,
             next_radius=next_radius,
             rho=rho,
@@ -175,21 +207,23 @@ class TrustRegionStepper:
             num_negative_eigs=negative,
             eigenvalues=res.eigenvalues,
             pairs_dropped=dropped,
-            gamma=self.model.gamma(),
+            gamma=model.gamma(),
         )
         if refresh is not None:
             refresh.annotate(stats)
-        return stats, refresh is None
+        return stats
 
     def state_dict(self) -> dict[str, Any]:
         return {"radius": self.radius}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.radius.copy_(state["radius"].to(self.radius))
+        r = state["radius"]
+        self.radius = float(r.item() if isinstance(r, Tensor) else r)
+        self.forget_cache()
 
 
-class LineSearchStepper:
-    """Alg. 2 lines 3-33 (and L-BFGS / BFGS) around a :class:`LineSearchModel`.
+class LineSearchStepper(_Stepper):
+    """Alg. 2 lines 3-33 (and L-BFGS / BFGS) around a :class:`StepModel`.
 
     Args:
         opt: the optimizer.
@@ -207,7 +241,7 @@ class LineSearchStepper:
     def __init__(
         self,
         opt: QuasiNewtonOptimizer,
-        model: LineSearchModel,
+        model: StepModel,
         line_search: LineSearch | None,
         lr: float,
         initial_step: str = "unit",
@@ -215,60 +249,51 @@ class LineSearchStepper:
     ) -> None:
         if initial_step not in ("unit", "doubling"):
             raise ValueError(f"initial_step must be 'unit' or 'doubling', got {initial_step!r}")
-        self.opt = opt
-        self.model = model
+        super().__init__(opt, model, refresh)
         self.line_search = line_search
         self.lr = lr
         self.initial_step = initial_step
-        self.refresh = refresh
-        flat = opt._flat
-        self.x, self.g, self.g_trial = flat.new_zeros(), flat.new_zeros(), flat.new_zeros()
         self.prev_alpha = 1.0
         self.last_alpha = 0.0
+        self.x_trial = opt._flat.new_zeros()
 
-    def step(self, closure: Closure, forget: bool = False) -> tuple[StepStats, Tensor | bool]:
+    def step(self, closure: Closure, forget: bool = False) -> StepStats:
         """One step; ``forget`` clears the memory first (L-BFGS forgetting), once f(x_k) is known to be
         finite, so a step refused with NonFiniteLossError leaves the memory unchanged."""
-        opt, flat = self.opt, self.opt._flat
-        x = flat.gather_params(self.x)
-        refresh = self.refresh
-        f0 = opt._evaluate(closure, self.g, create_graph=refresh is not None and refresh.needs_graph)
-        _, f0_host = opt._check_finite_start(f0, self.g)
+        opt, flat, model, refresh = self.opt, self.opt._flat, self.model, self.refresh
+        f0, f0_host, _, stored, dropped = self._begin(closure)
         if forget:
-            self.model.reset()
-        g = self.g
+            model.reset()
         if refresh is not None:
-            refresh.refresh(closure, x, g)
-        d = self.model.direction(g)
-        # One host read for the three values the host decisions below need.
-        dphi0, dnorm, pairs = read_to_host(g @ d, torch.linalg.vector_norm(d), self.model.pairs())
+            refresh.refresh(closure, self.x, model.g)
+        pairs = model.pairs()
+        dphi0, dnorm = model.direction()
         fallback = not (dphi0 < 0.0)
         if fallback:
             # -H g is not a descent direction (SR1's H may be indefinite): take the scaled
             # steepest-descent direction -g / gamma for this step. The memory is kept: the pair from
             # this step may repair the indefiniteness (clearing it here measured slower on Rosenbrock).
-            d = -g / self.model.gamma()
-            dphi0, dnorm = read_to_host(g @ d, torch.linalg.vector_norm(d))
-        device = flat.device
-        false = torch.zeros((), dtype=torch.bool, device=device)
+            dphi0, dnorm = model.gradient_direction()
         self.last_alpha = 0.0
+        base = dict(loss=f0, pair_stored=stored, pairs_dropped=dropped, fallback=fallback)
         if not dnorm > 0.0:  # g = 0: stationary point, nothing to do
-            opt._commit_running_stats(False, if_accepted=0, if_rejected=0)
-            return self._finish(self._stats(f0, f0_host, false, 0.0, false, None, fallback)), False
+            opt._commit_running_stats(False, if_accepted=self.start_eval, if_rejected=self.start_eval)
+            self._end(f0, None)
+            return self._finish(self._stats(f0_host, False, 0.0, None, **base))
         if pairs == 0:
             alpha0 = self.lr * min(1.0, 1.0 / dnorm)
         elif self.initial_step == "doubling":
             alpha0 = min(self.lr, 2.0 * self.prev_alpha)
         else:
             alpha0 = self.lr
-
-        evaluated = {"alpha": None}
+        d = model.s
+        evaluated: dict[str, Any] = {"alpha": None, "f": None}
 
         def phi(alpha: float) -> tuple[float, float]:
-            flat.set_params(torch.add(x, d, alpha=alpha))
+            flat.set_params(torch.add(self.x, d, alpha=alpha, out=self.x_trial))
             f = opt._evaluate(closure, self.g_trial)
-            evaluated["alpha"] = alpha
-            f_alpha, dphi = read_to_host(f, self.g_trial @ d)
+            evaluated["alpha"], evaluated["f"] = alpha, f
+            f_alpha, dphi = to_host(f, self.g_trial @ d).tolist()
             return f_alpha, dphi
 
         if self.line_search is None:
@@ -286,25 +311,19 @@ class LineSearchStepper:
         if not ok:
             # No decrease along d: x stays, and the memory that produced d is forgotten, so the next
             # step restarts from the scaled steepest-descent direction (Nocedal & Wright Sec. 7.2).
-            flat.set_params(x)
-            opt._commit_running_stats(False, if_accepted=0, if_rejected=0)
-            self.model.reset()
-            stats = self._stats(f0, f_trial, false, 0.0, false, ls, fallback)
-            return self._finish(stats), False
+            flat.set_params(self.x)
+            opt._commit_running_stats(False, if_accepted=self.start_eval, if_rejected=self.start_eval)
+            model.reset()
+            self._end(f0, None)
+            return self._finish(self._stats(f_trial, False, 0.0, ls, **base))
         # The parameters hold x + alpha d: the last evaluation was at the chosen step length
         # (re-evaluated above if needed), which is also where g_trial was taken.
-        s = alpha * d
-        opt._commit_running_stats(True, if_accepted=opt._evals_this_step - 1)
-        if refresh is None:
-            y = self.g_trial - g
-            stored, dropped = self.model.offer(s, y, scale=None if fallback else alpha)
-        else:  # the pairs are sampled afresh at the next iterate
-            stored, dropped = false, torch.zeros((), dtype=torch.long, device=device)
+        opt._commit_running_stats(True, if_accepted=opt._evals_this_step - 1, if_rejected=self.start_eval)
+        if refresh is None:  # the pair (s, y) is offered at the start of the next step
+            model.stage_line_search(self.g_trial, alpha)
         self.prev_alpha = alpha
-        true = torch.ones((), dtype=torch.bool, device=device)
-        stats = self._stats(f0, f_trial, true, alpha * dnorm, stored, ls, fallback)
-        stats.pairs_dropped = dropped
-        return self._finish(stats), refresh is None
+        self._end(evaluated["f"], self.g_trial)
+        return self._finish(self._stats(f_trial, True, alpha * dnorm, ls, **base))
 
     def _finish(self, stats: StepStats) -> StepStats:
         if self.refresh is not None:
@@ -313,23 +332,25 @@ class LineSearchStepper:
 
     def _stats(
         self,
-        f0: Tensor,
         f1: float,
-        accepted: Tensor,
+        accepted: bool,
         step_norm: float,
-        stored: Tensor,
         ls: Any,
+        *,
+        loss: Tensor,
+        pair_stored: bool | None,
+        pairs_dropped: int,
         fallback: bool,
     ) -> StepStats:
-        flat = self.opt._flat
         return StepStats(
-            loss=f0,
+            loss=loss,
             closure_evals=self.opt._evals_this_step,
             accepted=accepted,
-            step_norm=device_scalar(step_norm, dtype=flat.dtype, device=flat.device),
-            pair_stored=stored,
+            step_norm=step_norm,
+            pair_stored=pair_stored,
             pairs_in_memory=self.model.pairs(),
-            trial_loss=device_scalar(f1, dtype=flat.dtype, device=flat.device),
+            pairs_dropped=pairs_dropped,
+            trial_loss=f1,
             gamma=self.model.gamma(),
             step_length=self.last_alpha,
             line_search_success=None if ls is None else ls.success,
@@ -342,3 +363,4 @@ class LineSearchStepper:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.prev_alpha = float(state["prev_alpha"])
+        self.forget_cache()

@@ -18,7 +18,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_sqn._device import device_scalar
 from lightning_sqn.globalization.trust_region import TrustRegionPolicy
 from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
 from lightning_sqn.optim.hessian_free import KrylovExit
@@ -261,9 +260,9 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
         return None if self.norm == "uniform" else self.v.sqrt().add_(self.eps)
 
     # ------------------------------------------------------------ step
-    def _step(self, closure: Closure) -> tuple[StepStats, Tensor | bool]:
+    def _step(self, closure: Closure) -> StepStats:
         if self._steps_taken < self.warmup_steps:
-            return self._warmup_step(closure), False
+            return self._warmup_step(closure)
         flat, policy = self._flat, self.policy
         x = flat.gather_params(self._x)
         g = self._g
@@ -295,7 +294,8 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
         next_radius = policy.update_radius(radius, rho, res.step_norm)
         self.radius.copy_(next_radius)
         self._update_v.copy_(accepted)
-        flat.keep_if(accepted, x, self._x_trial)
+        if not bool(accepted):
+            flat.set_params(x)
         self._commit_running_stats(accepted, if_accepted=1, if_rejected=0)
         self._steps_taken += 1
         return StepStats(
@@ -303,21 +303,21 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
             closure_evals=self._evals_this_step,
             accepted=accepted,
             step_norm=res.step_norm,
-            pair_stored=torch.zeros((), dtype=torch.bool, device=flat.device),
-            pairs_in_memory=torch.zeros((), dtype=torch.long, device=flat.device),
+            pair_stored=None,
+            pairs_in_memory=0,
             trial_loss=f1,
             radius=radius,
             next_radius=next_radius,
             rho=rho,
             predicted_reduction=res.predicted_reduction,
             actual_reduction=ared,
-            subproblem_status=device_scalar(int(_STATUS[res.reason]), dtype=torch.long, device=flat.device),
+            subproblem_status=int(_STATUS[res.reason]),
             hessian_products=res.iterations,
             curvature_products=res.iterations,
             cg_iterations=res.iterations,
             cg_reason=int(KrylovExit.of(res.reason)),
             warmup=False,
-        ), False
+        )
 
     def _warmup_step(self, closure: Closure) -> StepStats:
         """One first-order step ``x <- x - lr A^{-1} g`` (SGD / RMSProp / Adagrad), one evaluation."""
@@ -340,8 +340,8 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
             closure_evals=self._evals_this_step,
             accepted=true,
             step_norm=step_norm,
-            pair_stored=~true,
-            pairs_in_memory=torch.zeros((), dtype=torch.long, device=flat.device),
+            pair_stored=None,
+            pairs_in_memory=0,
             step_length=self.lr,
             warmup=True,
         )

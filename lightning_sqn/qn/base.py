@@ -1,12 +1,20 @@
-"""What the limited-memory matrices share: the pair memory, gamma, dense views and state."""
+"""What the limited-memory matrices share: the pair memory, gamma, products, dense views and state.
+
+A product with B (or H) costs one pass over the (2m, n) pair buffer for the projection [S Y]^T v, one
+read of those 2m numbers, the m x m algebra on the host in float64, and one pass for the combination
+b0 v + [S Y] c. Optimizers never call :meth:`LimitedMemoryMatrix.mv` in their steps: their steppers
+fold the projection into the step's single read (see :mod:`~lightning_sqn.optim.models`).
+"""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_sqn._device import to_host
 from lightning_sqn.qn.memory import PairMemory
 
 
@@ -21,43 +29,70 @@ def check_gamma(gamma: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"a constant gamma must be a finite float > 0 (B_0 = gamma I), got {gamma!r}")
 
 
+def pair_dots(s: Tensor, y: Tensor) -> tuple[float, float, float]:
+    """(s^T s, s^T y, y^T y) as host floats (one read)."""
+    ss, sy, yy = to_host(s @ s, s @ y, y @ y)
+    return float(ss), float(sy), float(yy)
+
+
 class LimitedMemoryMatrix:
     """Base of :class:`~lightning_sqn.qn.lsr1.LSR1Matrix` and :class:`~lightning_sqn.qn.lbfgs.LBFGSMatrix`.
 
     Holds the :class:`~lightning_sqn.qn.memory.PairMemory` and gamma (B_0 = gamma I, H_0 = I / gamma)
-    as a 0-dim tensor. Subclasses implement :meth:`mv`, :meth:`inv_mv` and :meth:`update`.
+    as a host float. Subclasses implement :meth:`mv_coefficients`, :meth:`inv_mv_coefficients` and
+    :meth:`offer`.
     """
 
     def __init__(
-        self, memory: int, n: int, *, dtype: torch.dtype, device: torch.device | str, gamma_init: float
+        self,
+        memory: int,
+        n: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        gamma_init: float,
+        work_rows: int = 0,
     ) -> None:
         if not (isinstance(gamma_init, int | float) and math.isfinite(gamma_init) and gamma_init > 0):
             raise ValueError(f"gamma_init must be a finite float > 0, got {gamma_init!r}")
-        self.memory = PairMemory(memory, n, dtype=dtype, device=device)
-        self.gamma = torch.tensor(float(gamma_init), dtype=dtype, device=device)
+        self.memory = PairMemory(memory, n, dtype=dtype, device=device, work_rows=work_rows)
+        self.gamma = float(gamma_init)
 
     @property
     def m(self) -> int:
         return self.memory.m
 
-    def mv(self, v: Tensor) -> Tensor:  # pragma: no cover - abstract
+    # ------------------------------------------------------------ host algebra
+    def mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:  # pragma: no cover - abstract
+        """(b0, c) with B v = b0 v + [S Y] c, from proj = [S Y]^T v ((2m,) or (2m, k), float64)."""
         raise NotImplementedError
 
-    def inv_mv(self, v: Tensor) -> Tensor:
-        """H v for v of shape (n,) or (n, k)."""
-        _, b0, c = self.inv_mv_coefficients(v)
-        return self.memory.combine(c, v=b0 * v)
+    def inv_mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:  # pragma: no cover
+        """(b0, c) with H v = b0 v + [S Y] c, from proj = [S Y]^T v ((2m,) or (2m, k), float64)."""
+        raise NotImplementedError
 
-    def inv_mv_coefficients(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # pragma: no cover - abstract
-        """(proj, b0, c) with proj = [S Y]^T v and H v = b0 v + [S Y] c (one pass over the buffer).
-
-        Callers that form H v themselves can then get [S Y]^T (H v) = b0 proj + ([S Y]^T [S Y]) c from
-        the Gram matrices instead of another pass.
-        """
+    def offer(
+        self, s: Tensor, y: Tensor, Ps: np.ndarray, Py: np.ndarray, dots: tuple[float, float, float], **kw
+    ) -> tuple[bool, int]:  # pragma: no cover - abstract
+        """Store (s, y) if it passes the matrix's test; return (stored, pairs dropped by rank repair)."""
         raise NotImplementedError
 
     def _invalidate(self) -> None:
         """Drop cached factors (subclasses override when they cache)."""
+
+    # ------------------------------------------------------------ device products
+    def _apply(self, v: Tensor, inverse: bool) -> Tensor:
+        proj = to_host(self.memory.project(v)).reshape((2 * self.m, *v.shape[1:]))
+        b0, c = self.inv_mv_coefficients(proj) if inverse else self.mv_coefficients(proj)
+        return self.memory.combine(c, v, beta=b0)
+
+    def mv(self, v: Tensor) -> Tensor:
+        """B v for v of shape (n,) or (n, k): two passes over the pair buffer and one read."""
+        return self._apply(v, inverse=False)
+
+    def inv_mv(self, v: Tensor) -> Tensor:
+        """H v for v of shape (n,) or (n, k)."""
+        return self._apply(v, inverse=True)
 
     def to_dense(self) -> Tensor:
         """B as an n x n matrix (tests and tiny problems only)."""
@@ -67,6 +102,17 @@ class LimitedMemoryMatrix:
         """H as an n x n matrix (tests and tiny problems only)."""
         return self.inv_mv(torch.eye(self.memory.n, dtype=self.memory.dtype, device=self.memory.device))
 
+    # ------------------------------------------------------------ updates
+    def pair_products(
+        self, s: Tensor, y: Tensor
+    ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+        """([S Y]^T s, [S Y]^T y, (s^T s, s^T y, y^T y)) in one pass and one read."""
+        P = self.memory.project(torch.stack((s, y), 1))
+        h = to_host(P, s @ s, s @ y, y @ y)
+        m2 = 2 * self.m
+        P_host = h[: 2 * m2].reshape(m2, 2)
+        return P_host[:, 0], P_host[:, 1], (float(h[-3]), float(h[-2]), float(h[-1]))
+
     def reset(self) -> None:
         """Forget all pairs (gamma is kept): Alg. 1 with colDim = 0, or L-BFGS forgetting."""
         self.memory.clear()
@@ -75,7 +121,15 @@ class LimitedMemoryMatrix:
     def state_dict(self) -> dict:
         return {"memory": self.memory.state_dict(), "gamma": self.gamma}
 
+    def check_state(self, state: dict) -> None:
+        """ValueError unless ``state`` can be loaded (changes nothing)."""
+        if not isinstance(state, dict) or "memory" not in state or "gamma" not in state:
+            raise ValueError(f"not a {type(self).__name__} state (needs 'memory' and 'gamma')")
+        self.memory.check_state(state["memory"])
+
     def load_state_dict(self, state: dict) -> None:
+        self.check_state(state)
         self.memory.load_state_dict(state["memory"])
-        self.gamma.copy_(state["gamma"].to(self.gamma))
+        g = state["gamma"]
+        self.gamma = float(g.item() if isinstance(g, Tensor) else g)
         self._invalidate()

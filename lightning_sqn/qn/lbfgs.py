@@ -16,7 +16,7 @@ triangle (diagonal included) of S^T Y, B_0 = gamma I and H_0 = delta I, delta = 
 A pair is stored only if it satisfies the curvature condition s^T y > eps ||s|| ||y||, which keeps B
 and H positive definite. gamma = y^T y / s^T y of the newest pair (Nocedal & Wright eq. 7.20) unless a
 constant is given. H v costs two passes over the (2m, n) pair buffer instead of the 4m dependent
-vector operations of the two-loop recursion.
+vector operations of the two-loop recursion; the 2m x 2m algebra between them is host NumPy float64.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
+import scipy.linalg
 import torch
 from torch import Tensor
 
@@ -36,7 +38,9 @@ class LBFGSMatrix(LimitedMemoryMatrix):
     Args:
         memory: m, pairs kept.
         n: problem dimension.
-        dtype, device: of the pair buffers.
+        dtype, device: of the pair buffer.
+        work_rows: n-vector rows an optimizer keeps beside the pairs (see
+            :class:`~lightning_sqn.qn.memory.PairMemory`).
         gamma: ``"scaled"`` (y^T y / s^T y of the newest stored pair) or a constant float > 0.
         gamma_init: gamma before the first pair is stored.
         curvature_eps: eps of the curvature condition s^T y > eps ||s|| ||y||, in [0, 1).
@@ -52,82 +56,105 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         gamma: Literal["scaled"] | float = "scaled",
         gamma_init: float = 1.0,
         curvature_eps: float = 1e-8,
+        work_rows: int = 0,
     ) -> None:
         check_gamma(gamma, ("scaled",))
-        if not (math.isfinite(curvature_eps) and 0.0 <= curvature_eps < 1.0):
+        if not (
+            isinstance(curvature_eps, int | float)
+            and math.isfinite(curvature_eps)
+            and 0.0 <= curvature_eps < 1.0
+        ):
             raise ValueError(f"curvature_eps must lie in [0, 1), got {curvature_eps!r}")
         init = float(gamma) if not isinstance(gamma, str) else gamma_init
-        super().__init__(memory, n, dtype=dtype, device=device, gamma_init=init)
+        super().__init__(memory, n, dtype=dtype, device=device, gamma_init=init, work_rows=work_rows)
         self.gamma_choice = gamma
         self.curvature_eps = curvature_eps
+        finfo = torch.finfo(dtype)
+        # s^T y must be a comfortably normal number of the buffer dtype (the compact form divides by it)
+        self._tiny = finfo.tiny / finfo.eps
 
-    def _blocks(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(mask, SY masked, order, D, R^{-1} with identity on inactive slots)."""
+    def _active(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Active slots in time order (R below is then upper triangular), and their index grid."""
         mem = self.memory
-        mask = mem.active
-        mm = mask[:, None] & mask[None, :]
-        zero = torch.zeros((), dtype=mem.dtype, device=mem.device)
-        SY = torch.where(mm, mem.SY, zero)
-        later = mem.serial[:, None] > mem.serial[None, :]
-        R = torch.where(later, zero, SY) + torch.diag_embed((~mask).to(SY.dtype))
-        Rinv, _ = torch.linalg.inv_ex(R)
-        D = torch.diag_embed(torch.diagonal(SY))
-        return mask, SY, later, D, Rinv
+        idx = np.flatnonzero(mem.active)
+        idx = idx[np.argsort(mem.serial[idx], kind="stable")]
+        return idx, np.ix_(idx, idx)
 
-    def inv_mv_coefficients(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """H v = delta v + [S Y] c (Thm. 2.2); returns ([S Y]^T v, delta, c). v: (n,) or (n, k)."""
-        mem = self.memory
-        mask, _, _, D, W = self._blocks()
-        m_ = mask if v.ndim == 1 else mask[:, None]
+    def inv_mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:
+        """H v = delta v + [S Y] c (Thm. 2.2) from proj = [S Y]^T v, (2m,) or (2m, k)."""
+        mem, m = self.memory, self.m
         delta = 1.0 / self.gamma
-        zero = torch.zeros((), dtype=mem.dtype, device=mem.device)
-        YY = torch.where(mask[:, None] & mask[None, :], mem.YY, zero)
-        p = mem.project(v)
-        a = p[: self.m] * m_
-        b = delta * p[self.m :] * m_
-        T = W.t() @ (D + delta * YY) @ W
-        z1 = T @ a - W.t() @ b
-        z2 = -(W @ a)
-        c = torch.cat((z1 * m_, delta * z2 * m_))
-        return p, delta, c
-
-    def mv(self, v: Tensor) -> Tensor:
-        """B v (Thm. 2.3) for v of shape (n,) or (n, k)."""
-        mem = self.memory
-        mask, SY, later, D, _ = self._blocks()
-        m_ = mask if v.ndim == 1 else mask[:, None]
-        gamma = self.gamma
-        zero = torch.zeros((), dtype=mem.dtype, device=mem.device)
-        SS = torch.where(mask[:, None] & mask[None, :], mem.SS, zero)
-        L = torch.where(later, SY, zero)
-        fill = torch.diag_embed((~mask).to(SY.dtype))
-        K = torch.cat((torch.cat((gamma * SS + fill, L), 1), torch.cat((L.t(), -D + fill), 1)), 0)
-        p = mem.project(v)
-        rhs = torch.cat((gamma * p[: self.m] * m_, p[self.m :] * m_))
-        z = torch.linalg.solve_ex(K, rhs)[0]
-        c = torch.cat((-gamma * z[: self.m] * m_, -z[self.m :] * m_))
-        return mem.combine(c, v=gamma * v)
-
-    def update(self, s: Tensor, y: Tensor, *, products: Tensor | None = None) -> Tensor:
-        """Store (s, y) if s^T y > eps ||s|| ||y|| and both are finite; return that decision (0-dim bool).
-
-        ``products``: [S Y]^T [s y] (2m, 2) if the caller knows it (saves two passes over the buffer).
-        """
-        ss, sy, yy = s @ s, s @ y, y @ y
-        # s^T s and y^T y are finite exactly when s and y are (barring overflow, also refused).
-        # s^T y must also be a comfortably normal number (the compact form divides by it)
-        tiny = torch.finfo(sy.dtype).tiny / torch.finfo(sy.dtype).eps
-        stored = (
-            (sy > self.curvature_eps * (ss * yy).clamp_min(0).sqrt())
-            & (sy > tiny)
-            & (ss + yy + sy).isfinite()
+        c = np.zeros_like(proj)
+        idx, ix = self._active()
+        if idx.size == 0:
+            return delta, c
+        SY = mem.SY[ix]
+        # R: upper triangle (diagonal included) of S^T Y in time order
+        earlier_or_same = mem.serial[idx][:, None] <= mem.serial[idx][None, :]
+        R = np.where(earlier_or_same, SY, 0.0)
+        D = np.diag(np.diagonal(SY))
+        a = proj[idx]
+        b = delta * proj[m + idx]
+        Rinv_a = scipy.linalg.solve_triangular(R, a, lower=False, check_finite=False)
+        # z1 = R^{-T} (D + delta Y^T Y) R^{-1} a - R^{-T} b, z2 = -R^{-1} a
+        z1 = scipy.linalg.solve_triangular(
+            R, (D + delta * mem.YY[ix]) @ Rinv_a - b, trans="T", lower=False, check_finite=False
         )
-        # The masked writes select, never compute with, a refused pair, so it cannot poison the buffer.
-        self.memory.push(s, y, stored, products=products, dots=(ss, sy, yy))
+        c[idx] = z1
+        c[m + idx] = -delta * Rinv_a
+        return delta, c
+
+    def mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:
+        """B v = gamma v + [S Y] c (Thm. 2.3) from proj = [S Y]^T v, (2m,) or (2m, k)."""
+        mem, m = self.memory, self.m
+        gamma = self.gamma
+        c = np.zeros_like(proj)
+        idx, ix = self._active()
+        if idx.size == 0:
+            return gamma, c
+        SY = mem.SY[ix]
+        later = mem.serial[idx][:, None] > mem.serial[idx][None, :]
+        L = np.where(later, SY, 0.0)
+        D = np.diag(np.diagonal(SY))
+        K = np.block([[gamma * mem.SS[ix], L], [L.T, -D]])
+        z = np.linalg.solve(K, np.concatenate((gamma * proj[idx], proj[m + idx])))
+        k = idx.size
+        c[idx] = -gamma * z[:k]
+        c[m + idx] = -z[k:]
+        return gamma, c
+
+    def offer(
+        self,
+        s: Tensor,
+        y: Tensor,
+        Ps: np.ndarray,
+        Py: np.ndarray,
+        dots: tuple[float, float, float],
+        *,
+        residual: tuple[float, float] | None = None,
+    ) -> tuple[bool, int]:
+        """Store (s, y) if s^T y > eps ||s|| ||y|| and everything is finite; return (stored, 0).
+
+        ``residual`` is not used (the BFGS test needs none); it is accepted so that both matrices take
+        the same arguments.
+        """
+        del residual
+        ss, sy, yy = dots
+        if not all(map(math.isfinite, (ss, sy, yy, *Ps, *Py))):
+            return False, 0
+        if not (sy > self.curvature_eps * math.sqrt(max(ss * yy, 0.0)) and sy > self._tiny):
+            return False, 0
+        self.memory.push(s, y, Ps, Py, ss, sy, yy)
         if isinstance(self.gamma_choice, str):
-            new = yy / sy.clamp_min(torch.finfo(sy.dtype).tiny)
-            self.gamma.copy_(torch.where(stored & new.isfinite() & (new > 0), new, self.gamma))
-        return stored
+            new = yy / sy
+            if math.isfinite(new) and new > 0:
+                self.gamma = new
+        return True, 0
+
+    def update(self, s: Tensor, y: Tensor) -> bool:
+        """Offer (s, y) with its products formed here (one pass, one read); return whether it was stored."""
+        Ps, Py, dots = self.pair_products(s, y)
+        return self.offer(s, y, Ps, Py, dots)[0]
 
 
 __all__ = ["LBFGSMatrix"]

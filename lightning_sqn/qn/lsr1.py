@@ -17,20 +17,23 @@ formula with (B, S, Y, gamma) -> (H, Y, S, 1/gamma) (Alg. 2 of Ramamurthy & Duff
 
 L' the strictly lower triangle of Y^T S. With both middle matrices nonsingular, H = B^{-1}.
 
-Products cost two passes over the (2m, n) pair buffer and O(m^2) small algebra; no n x n matrix is
-formed except by :meth:`LSR1Matrix.to_dense` (tests). Skipping, rank repair and the choice of gamma
-are masked device operations (see :mod:`~lightning_sqn.qn.memory`).
+Products cost two passes over the (2m, n) pair buffer; everything m x m (the middle matrices, the skip
+rule, rank repair, the choice of gamma) is host NumPy float64 on the Gram matrices of
+:mod:`~lightning_sqn.qn.memory`. No n x n matrix is formed except by :meth:`LSR1Matrix.to_dense`
+(tests).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_sqn._device import select_row
+from lightning_sqn._device import to_host
 from lightning_sqn.qn.base import LimitedMemoryMatrix, check_gamma
 
 GammaChoice = Literal["scaled", "eigen"]
@@ -38,28 +41,28 @@ GammaChoice = Literal["scaled", "eigen"]
 
 @dataclass
 class CompactFactors:
-    """The pieces of B = b0 I + Psi M Psi^T (or H = b0 I + Phi N Phi^T) that solvers need.
+    """The pieces of B = b0 I + Psi M Psi^T (or H = b0 I + Phi N Phi^T) that solvers need (host float64).
 
     Attributes:
-        b0: gamma (B form) or delta = 1/gamma (H form), 0-dim.
+        b0: gamma (B form) or delta = 1/gamma (H form).
         mask: (m,) bool, active pairs.
         gram: Psi^T Psi (m, m), zero on inactive rows/columns.
         middle: M (m, m), zero on inactive rows/columns.
         primal: True for the B form (Psi = Y - gamma S), False for the H form (Phi = S - delta Y).
     """
 
-    b0: Tensor
-    mask: Tensor
-    gram: Tensor
-    middle: Tensor
+    b0: float
+    mask: np.ndarray
+    gram: np.ndarray
+    middle: np.ndarray
     primal: bool
 
-    def coeffs(self, w: Tensor) -> Tensor:
+    def coeffs(self, w: np.ndarray) -> np.ndarray:
         """Coefficients c on [S Y] with [S Y] c = Psi w (B form) or Phi w (H form)."""
         w = w * (self.mask if w.ndim == 1 else self.mask[:, None])
-        return torch.cat((-self.b0 * w, w)) if self.primal else torch.cat((w, -self.b0 * w))
+        return np.concatenate((-self.b0 * w, w) if self.primal else (w, -self.b0 * w))
 
-    def psi_t(self, proj: Tensor) -> Tensor:
+    def psi_t(self, proj: np.ndarray) -> np.ndarray:
         """Psi^T v (or Phi^T v) from proj = [S Y]^T v, shape (2m,) or (2m, k)."""
         m = self.mask.shape[0]
         Sv, Yv = proj[:m], proj[m:]
@@ -77,7 +80,9 @@ class LSR1Matrix(LimitedMemoryMatrix):
     Args:
         memory: m, pairs kept.
         n: problem dimension.
-        dtype, device: of the pair buffers.
+        dtype, device: of the pair buffer.
+        work_rows: n-vector rows an optimizer keeps beside the pairs (see
+            :class:`~lightning_sqn.qn.memory.PairMemory`).
         form: ``"B"`` applies the skip rule and rank repair of Alg. 1 (trust region: test on
             s^T (y - B s), require Psi full column rank and M^{-1} nonsingular); ``"H"`` those of
             Alg. 2 (line search: test on y^T (s - H y), require N^{-1} nonsingular). Both forms offer
@@ -96,7 +101,8 @@ class LSR1Matrix(LimitedMemoryMatrix):
             * a float > 0: a constant gamma.
         gamma_init: gamma before any pair is stored (and the constant when ``gamma`` is a float).
         gamma_fraction: the safety fraction of ``"eigen"``, in (0, 1).
-        skip_tol: r of the SR1 skip rule |s^T (y - B s)| >= r ||s|| ||y - B s||, in (0, 1).
+        skip_tol: r of the SR1 skip rule |u^T r| >= r ||u|| ||r||, in (0, 1) (u = s, r = y - B s in
+            the B form; u = y, r = s - H y in the H form).
         rank_tol: relative threshold for "full column rank" (singular values of Psi above
             rank_tol x (||Y||_F + gamma ||S||_F)) and "nonsingular" (|eigenvalues| of M^{-1} above
             rank_tol x ||S||_F (||Y||_F + gamma ||S||_F)), norms over the pairs kept (S and Y swapped,
@@ -116,6 +122,7 @@ class LSR1Matrix(LimitedMemoryMatrix):
         gamma_fraction: float = 0.5,
         skip_tol: float = 1e-8,
         rank_tol: float | None = None,
+        work_rows: int = 0,
     ) -> None:
         if form not in ("B", "H"):
             raise ValueError(f"form must be 'B' (trust region) or 'H' (line search), got {form!r}")
@@ -127,175 +134,242 @@ class LSR1Matrix(LimitedMemoryMatrix):
         if rank_tol is not None and not 0.0 < rank_tol < 1.0:
             raise ValueError(f"rank_tol must lie in (0, 1), got {rank_tol!r}")
         init = float(gamma) if not isinstance(gamma, str) else gamma_init
-        super().__init__(memory, n, dtype=dtype, device=device, gamma_init=init)
+        super().__init__(memory, n, dtype=dtype, device=device, gamma_init=init, work_rows=work_rows)
         self.form = form
         self.gamma_choice: GammaChoice | float = gamma
         self.gamma_fraction = gamma_fraction
         self.skip_tol = skip_tol
         self.rank_tol = _default_rank_tol(dtype) if rank_tol is None else rank_tol
         self._factors: dict[bool, CompactFactors] = {}
-        self.gamma_next = self.gamma.clone()  # H form with gamma="scaled": the lagged scaling
+        self.gamma_next = self.gamma  # H form with gamma="scaled": the lagged scaling
+        finfo = torch.finfo(dtype)
+        # |u^T r| must be a comfortably normal number of the buffer dtype (M^{-1} holds it, M its inverse)
+        self._tiny = finfo.tiny / finfo.eps
+        # relative rounding of an n-term dot product of the buffer dtype (residuals formed on the host)
+        self._dot_eps = 4.0 * finfo.eps * math.sqrt(n)
 
     # ------------------------------------------------------------- factors
     def _invalidate(self) -> None:
         self._factors.clear()
 
-    def _middle_inverse(self, primal: bool, mask: Tensor, b0: Tensor) -> tuple[Tensor, Tensor]:
+    def _middle_inverse(self, primal: bool, mask: np.ndarray, b0: float) -> tuple[np.ndarray, np.ndarray]:
         """(gram, middle^{-1}) for the given active masks (batched over leading dims of ``mask``)."""
         mem = self.memory
-        SY = mem.SY if primal else mem.SY.t()  # UV[i, j] = u_i^T v_j
+        SY = mem.SY if primal else mem.SY.T  # UV[i, j] = u_i^T v_j
         UU, VV = (mem.SS, mem.YY) if primal else (mem.YY, mem.SS)
-        order = mem.serial[:, None] > mem.serial[None, :]
-        Lt = SY * order
-        inv = torch.diag_embed(torch.diagonal(SY)) + Lt + Lt.t() - b0 * UU
-        gram = VV - b0 * (SY + SY.t()) + b0 * b0 * UU
+        Lt = np.where(mem.serial[:, None] > mem.serial[None, :], SY, 0.0)
+        inv = np.diag(np.diagonal(SY)) + Lt + Lt.T - b0 * UU
+        gram = VV - b0 * (SY + SY.T) + b0 * b0 * UU
         mm = mask[..., :, None] & mask[..., None, :]
-        zero = torch.zeros((), dtype=inv.dtype, device=inv.device)
-        return torch.where(mm, gram, zero), torch.where(mm, inv, zero)
+        return np.where(mm, gram, 0.0), np.where(mm, inv, 0.0)
 
     def factors(self, primal: bool = True) -> CompactFactors:
         """B = gamma I + Psi M Psi^T (``primal``) or H = delta I + Phi N Phi^T."""
         if primal not in self._factors:
-            mask = self.memory.active
+            mask = self.memory.active.copy()
             b0 = self.gamma if primal else 1.0 / self.gamma
             gram, inv = self._middle_inverse(primal, mask, b0)
-            middle, _ = torch.linalg.inv_ex(inv + torch.diag_embed((~mask).to(inv.dtype)))
-            mm = mask[:, None] & mask[None, :]
-            middle = torch.where(mm, middle, torch.zeros((), dtype=middle.dtype, device=middle.device))
-            self._factors[primal] = CompactFactors(b0, mask.clone(), gram, middle, primal)
+            idx = np.flatnonzero(mask)
+            middle = np.zeros_like(inv)
+            if idx.size:
+                block = inv[np.ix_(idx, idx)]
+                try:
+                    middle[np.ix_(idx, idx)] = np.linalg.inv(block)
+                except np.linalg.LinAlgError:  # rank repair keeps this from happening; never crash
+                    middle[np.ix_(idx, idx)] = np.linalg.pinv(block)
+            self._factors[primal] = CompactFactors(b0, mask, gram, middle, primal)
         return self._factors[primal]
 
     # ------------------------------------------------------------ products
-    def _coefficients(self, v: Tensor, primal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _coefficients(self, proj: np.ndarray, primal: bool) -> tuple[float, np.ndarray]:
         f = self.factors(primal)
-        proj = self.memory.project(v)
-        return proj, f.b0, f.coeffs(f.middle @ f.psi_t(proj))
+        return f.b0, f.coeffs(f.middle @ f.psi_t(proj))
 
-    def inv_mv_coefficients(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self._coefficients(v, False)
+    def mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:
+        return self._coefficients(proj, True)
 
-    def mv(self, v: Tensor) -> Tensor:
-        """B v for v of shape (n,) or (n, k). (H v, = B^{-1} v when B is nonsingular: ``inv_mv``.)"""
-        _, b0, c = self._coefficients(v, True)
-        return self.memory.combine(c, v=b0 * v)
+    def inv_mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:
+        return self._coefficients(proj, False)
 
     # ------------------------------------------------------------- updates
-    def update(
-        self, s: Tensor, y: Tensor, *, residual: Tensor | None = None, products: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def residual_dots(
+        self, Ps: np.ndarray, Py: np.ndarray, dots: tuple[float, float, float]
+    ) -> tuple[float, float] | None:
+        """(u^T r, r^T r) of the skip rule from the pair's products on the host, or None when rounding
+        of the dot products they come from leaves r unresolved.
+
+        B form: u = s, r = y - B s = (y - gamma s) - Psi w with w = M Psi^T s; H form: u = y,
+        r = s - H y = (s - delta y) - Phi w with w = N Phi^T y. Expanding ||r||^2 cancels when r is small
+        against its terms; a pair whose residual (or u^T r) lies within the rounding of its inputs
+        carries no curvature information the update could use, and storing it would put rounding
+        noise into M, so such a pair is refused (returns None).
+        """
+        ss, sy, yy = dots
+        primal = self.form == "B"
+        f = self.factors(primal)
+        b0 = f.b0
+        Pu, Pv = (Ps, Py) if primal else (Py, Ps)  # u = s, v = y (B form); u = y, v = s (H form)
+        uu, vv = (ss, yy) if primal else (yy, ss)
+        psi_u = f.psi_t(Pu)
+        w = f.middle @ psi_u
+        psi_v_minus = f.psi_t(Pv) - b0 * psi_u  # Psi^T (v - b0 u)
+        wGw = float(w @ f.gram @ w)
+        uTr = sy - b0 * uu - float(psi_u @ w)
+        rr = (vv - 2.0 * b0 * sy + b0 * b0 * uu) - 2.0 * float(psi_v_minus @ w) + wGw
+        r_scale = math.sqrt(max(vv, 0.0)) + abs(b0) * math.sqrt(max(uu, 0.0)) + math.sqrt(max(wGw, 0.0))
+        u_scale = abs(sy) + abs(b0) * uu + abs(float(psi_u @ w))
+        eps = self._dot_eps
+        if not (rr > eps * r_scale * r_scale and abs(uTr) > eps * u_scale):
+            return None
+        return uTr, rr
+
+    def offer(
+        self,
+        s: Tensor,
+        y: Tensor,
+        Ps: np.ndarray,
+        Py: np.ndarray,
+        dots: tuple[float, float, float],
+        *,
+        residual: tuple[float, float] | None = None,
+    ) -> tuple[bool, int]:
         """Offer the pair (s, y); store it if it passes the SR1 skip rule, then repair the rank.
 
         Args:
-            s, y: the pair, shape (n,).
-            residual: y - B s (B form) or s - H y (H form) if the caller knows it (e.g. from the
-                trust-region optimality condition B s = -g - sigma s); computed with one pass otherwise.
-            products: [S Y]^T [s y] (2m, 2) if the caller knows it (saves two passes over the buffer).
+            s, y: the pair, shape (n,), on the device.
+            Ps, Py: [S Y]^T s and [S Y]^T y (host float64, (2m,)).
+            dots: (s^T s, s^T y, y^T y).
+            residual: (u^T r, r^T r) computed on the device from an explicit r (e.g. r = g(x + s) +
+                sigma s, which is y - B s at the trust-region solution); ``None``: formed on the host
+                from the products (:meth:`residual_dots`).
 
         Returns:
-            (stored, dropped): 0-dim bool, whether the pair was stored; 0-dim int64, how many older
-            pairs rank repair removed (Alg. 1 lines 31-39 / Alg. 2 lines 24-32).
+            (stored, dropped): whether the pair was stored, and how many older pairs rank repair
+            removed (Alg. 1 lines 31-39 / Alg. 2 lines 24-32).
         """
-        primal = self.form == "B"
-        mem = self.memory
-        P = mem.pair_products(s, y) if products is None else products
-        f = self.factors(primal)
-        u = s if primal else y  # the test is |u^T r| >= skip_tol ||u|| ||r||
-        if residual is None:
-            # r = v - b0 u - Psi M Psi^T u, with Psi^T u read from the pair products.
-            v = y if primal else s
-            psi_u = f.psi_t(P[:, 0] if primal else P[:, 1])
-            residual = mem.combine(f.coeffs(-(f.middle @ psi_u)), v=v - f.b0 * u)
-        ss, sy, yy = s @ s, s @ y, y @ y
-        num = (u @ residual).abs()
-        unorm = (ss if primal else yy).clamp_min(0).sqrt()
-        rnorm = torch.linalg.vector_norm(residual)
-        # num must also be a comfortably normal number: M^{-1} holds it, and M holds its inverse
-        tiny = torch.finfo(num.dtype).tiny / torch.finfo(num.dtype).eps
-        stored = (num > tiny) & (num >= self.skip_tol * unorm * rnorm) & num.isfinite() & rnorm.isfinite()
-        # s^T s and y^T y are finite exactly when s and y are (barring overflow, also refused).
-        stored &= (ss + yy).isfinite()
-        # The masked writes select, never compute with, a refused pair, so it cannot poison the buffer.
-        mem.push(s, y, stored, products=P, dots=(ss, sy, yy))
-        after_push = mem.count()
-        self._update_gamma(stored, sy, yy)
-        self._repair(primal)
-        self._factors.clear()
-        return stored, after_push - mem.count()
+        ss, sy, yy = dots
+        if not all(map(math.isfinite, (ss, sy, yy, *Ps, *Py))):
+            return False, 0  # a non-finite pair is never stored (and never poisons the Gram matrices)
+        res = self.residual_dots(Ps, Py, dots) if residual is None else residual
+        if res is None:
+            return False, 0
+        uTr, rr = res
+        uu = ss if self.form == "B" else yy
+        num = abs(uTr)
+        if not (
+            math.isfinite(num)
+            and math.isfinite(rr)
+            and num > self._tiny
+            and num >= self.skip_tol * math.sqrt(max(uu, 0.0)) * math.sqrt(max(rr, 0.0))
+        ):
+            return False, 0
+        self.memory.push(s, y, Ps, Py, ss, sy, yy)
+        self._invalidate()
+        after_push = self.memory.count()
+        self._update_gamma(sy, yy)
+        self._repair(self.form == "B")
+        self._invalidate()
+        return True, after_push - self.memory.count()
 
-    def _update_gamma(self, stored: Tensor, sy: Tensor, yy: Tensor) -> None:
+    def update(self, s: Tensor, y: Tensor, *, residual: Tensor | None = None) -> tuple[bool, int]:
+        """Offer the pair (s, y) with all products formed here (one pass and one read, plus two passes
+        for the residual when it is not given): the entry point outside the optimizers' steps.
+
+        Args:
+            s, y: the pair, shape (n,).
+            residual: y - B s (B form) or s - H y (H form) if the caller knows it; formed here otherwise.
+        """
+        Ps, Py, dots = self.pair_products(s, y)
+        if not all(map(math.isfinite, (*dots, *Ps, *Py))):
+            return False, 0  # refused before any product with it is formed
+        if residual is None:
+            residual = (y - self.mv(s)) if self.form == "B" else (s - self.inv_mv(y))
+        u = s if self.form == "B" else y
+        uTr, rr = to_host(u @ residual, residual @ residual)
+        return self.offer(s, y, Ps, Py, dots, residual=(float(uTr), float(rr)))
+
+    def _update_gamma(self, sy: float, yy: float) -> None:
         if not isinstance(self.gamma_choice, str):
             return
         if self.gamma_choice == "scaled":
-            cand = torch.where(sy > 0, yy / sy.clamp_min(torch.finfo(sy.dtype).tiny), self.gamma)
+            cand = yy / sy if sy > 0 else self.gamma
+            ok_cand = math.isfinite(cand) and cand > 0
             if self.form == "B":
                 new = cand
             else:
                 # H form: delta = s^T y / y^T y of the newest pair makes that pair's own entry of
                 # N^{-1} = D + L' + L'^T - delta Y^T Y exactly zero (y^T s - delta y^T y = 0), so a lone
                 # new pair could never be kept. Use the scaling of the previously stored pair instead.
-                new = self.gamma_next.clone()
-                ok_cand = stored & (cand > 0) & cand.isfinite()
-                self.gamma_next.copy_(torch.where(ok_cand, cand, self.gamma_next))
+                new = self.gamma_next
+                if ok_cand:
+                    self.gamma_next = cand
         else:
             new = self.gamma_fraction * self._pencil_min()
-        ok = stored & (new > 0) & new.isfinite()
-        self.gamma.copy_(torch.where(ok, new, self.gamma))
+        if math.isfinite(new) and new > 0:
+            self.gamma = float(new)
+            self._invalidate()
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "gamma_next": self.gamma_next}
 
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.gamma_next.copy_(state["gamma_next"].to(self.gamma_next))
+    def check_state(self, state: dict) -> None:
+        super().check_state(state)
+        if "gamma_next" not in state:
+            raise ValueError("not an LSR1Matrix state (needs 'gamma_next')")
 
-    def _pencil_min(self) -> Tensor:
+    def load_state_dict(self, state: dict) -> None:
+        self.check_state(state)
+        super().load_state_dict(state)
+        g = state["gamma_next"]
+        self.gamma_next = float(g.item() if isinstance(g, Tensor) else g)
+
+    def _pencil_min(self) -> float:
         """lambda_hat: smallest eigenvalue of (D + L + L^T) u = lambda S^T S u on the active pairs.
 
         S^T S is factored by eigh and restricted to its numerically nonzero spectrum, so collinear
-        steps do not break it (directions outside are given +inf-like eigenvalues).
+        steps do not break it. NaN if there is no pair.
         """
         mem = self.memory
-        mask = mem.active
-        mm = mask[:, None] & mask[None, :]
-        zero = torch.zeros((), dtype=mem.SS.dtype, device=mem.SS.device)
-        SS = torch.where(mm, mem.SS, zero)
-        Lt = mem.SY * (mem.serial[:, None] > mem.serial[None, :])
-        A = torch.where(mm, torch.diag_embed(torch.diagonal(mem.SY)) + Lt + Lt.t(), zero)
-        E, V = torch.linalg.eigh(SS)
-        keep = E > (self.rank_tol**2) * E.amax().clamp_min(torch.finfo(E.dtype).tiny)
-        W = V * torch.where(keep, E.clamp_min(torch.finfo(E.dtype).tiny).rsqrt(), zero)
-        C = W.t() @ A @ W
-        big = C.abs().amax() * 4 + 1
-        C = C + torch.diag_embed(torch.where(keep, zero, big))
-        return torch.linalg.eigvalsh(C)[0]
+        idx = np.flatnonzero(mem.active)
+        if idx.size == 0:
+            return math.nan
+        ix = np.ix_(idx, idx)
+        SS = mem.SS[ix]
+        SY = mem.SY[ix]
+        Lt = np.where(mem.serial[idx][:, None] > mem.serial[idx][None, :], SY, 0.0)
+        A = np.diag(np.diagonal(SY)) + Lt + Lt.T
+        E, V = np.linalg.eigh(SS)
+        keep = E > (self.rank_tol**2) * max(E.max(), np.finfo(float).tiny)
+        W = V[:, keep] / np.sqrt(E[keep])
+        return float(np.linalg.eigvalsh(W.T @ A @ W)[0])
 
     def _repair(self, primal: bool) -> None:
         """Drop the oldest pairs until the compact form is well defined (Alg. 1 l. 31-39, Alg. 2 l. 24-32).
 
-        All m + 1 candidates (drop 0, 1, ..., m oldest) are checked in one batched eigvalsh.
+        Candidates (drop 0, 1, ..., m oldest) are checked in turn; the first that passes is kept.
         """
         mem = self.memory
-        cands = mem.drop_oldest_candidates()  # (m + 1, m)
         b0 = self.gamma if primal else 1.0 / self.gamma
-        gram, inv = self._middle_inverse(primal, cands, b0)
-        count = cands.sum(1)
         tol = self.rank_tol
         # Thresholds scale with the terms that form Psi = V - b0 U and M^{-1} = D + L + L^T - b0 U^T U
         # ((U, V) = (S, Y), or (Y, S) for the H form), not with their own largest eigenvalue: that cannot
         # see cancellation (a 1 x 1 M^{-1} that is zero up to rounding would always pass).
         UU, VV = (mem.SS, mem.YY) if primal else (mem.YY, mem.SS)
-        zero = torch.zeros((), dtype=inv.dtype, device=inv.device)
-        u_norm = torch.where(cands, torch.diagonal(UU), zero).sum(1).clamp_min(0).sqrt()  # ||U||_F
-        size = torch.where(cands, torch.diagonal(VV), zero).sum(1).clamp_min(0).sqrt() + b0.abs() * u_norm
-        if primal:  # one batched call for both (on CUDA each call reads its status back to the host)
-            lam_m, lam_g = torch.linalg.eigvalsh(torch.cat((inv, gram))).split(inv.shape[0])
-        else:
-            lam_m = torch.linalg.eigvalsh(inv)
-        ok = (lam_m.abs() > tol * (u_norm * size)[:, None]).sum(1) == count
-        if primal:
-            ok &= (lam_g > tol * tol * (size * size)[:, None]).sum(1) == count
-        first = torch.argmax(ok.to(torch.int8))  # the last candidate (no pairs) always passes
-        mem.keep(select_row(cands, first))
+        for cand in mem.drop_oldest_candidates():
+            idx = np.flatnonzero(cand)
+            if idx.size == 0:
+                mem.keep(cand)
+                return
+            gram, inv = self._middle_inverse(primal, cand, b0)
+            ix = np.ix_(idx, idx)
+            u_norm = math.sqrt(max(float(np.diagonal(UU)[idx].sum()), 0.0))  # ||U||_F
+            size = math.sqrt(max(float(np.diagonal(VV)[idx].sum()), 0.0)) + abs(b0) * u_norm
+            ok = bool(np.all(np.abs(np.linalg.eigvalsh(inv[ix])) > tol * u_norm * size))
+            if ok and primal:
+                ok = bool(np.all(np.linalg.eigvalsh(gram[ix]) > tol * tol * size * size))
+            if ok:
+                mem.keep(cand)
+                return
 
 
 __all__ = ["CompactFactors", "LSR1Matrix"]

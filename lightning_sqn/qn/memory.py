@@ -1,16 +1,19 @@
-"""Fixed-size ring buffer of curvature pairs (s_i, y_i) with incrementally updated Gram matrices.
+"""Fixed-size ring buffer of curvature pairs (s_i, y_i): vectors on the device, Gram matrices on the host.
 
 Both limited-memory matrices (:mod:`~lightning_sqn.qn.lsr1`, :mod:`~lightning_sqn.qn.lbfgs`) keep their
-pairs here. The buffer has a fixed shape, so storing, skipping and dropping pairs are *masked* device
-operations and never synchronise with the host:
+pairs here.
 
-* ``SY_buf`` is one ``(2m, n)`` tensor whose first m rows are S^T (the s_i) and last m rows are Y^T, so
-  [S Y]^T v is one matrix-vector product and a combination S a + Y b is one more.
-* ``SS = S^T S``, ``SY = S^T Y`` (``SY[i, j] = s_i^T y_j``) and ``YY = Y^T Y`` are m x m and updated by one
-  row and column per stored pair (one ``(2m, n) @ (n, 2)`` product), never recomputed from scratch.
-* ``serial[i]`` is the insertion number of slot i, ``active[i]`` whether slot i holds a pair in use.
-  Time order (needed for the strictly lower triangle L of S^T Y in the compact forms) is read from
-  ``serial``; the slots themselves are never permuted.
+* On the device: ``SY_buf``, a ``(2m, n)`` block whose first m rows are S^T (the s_i) and last m rows
+  are Y^T, so [S Y]^T V is one pass over the buffer (:meth:`project`) and a combination
+  beta v + [S Y] c one more (:meth:`combine`). Below it, in the same allocation, sit the ``work`` rows
+  of the optimizer's step (the gradient, the step, the next pair): one product
+  ``rows @ work^T`` (:meth:`project_work`) then gives [S Y]^T W and the inner products W W^T at once.
+* On the host, in NumPy float64: ``SS = S^T S``, ``SY = S^T Y`` (``SY[i, j] = s_i^T y_j``) and
+  ``YY = Y^T Y`` (m x m), updated by one row and column per stored pair from the products of the new
+  pair with the stored ones (which the caller reads in the same transfer as its other numbers), never
+  recomputed from scratch; ``serial[i]``, the insertion number of slot i, and ``active[i]``, whether
+  slot i holds a pair in use. Time order (needed for the strictly lower triangle L of S^T Y in the
+  compact forms) is read from ``serial``; the slots themselves are never permuted.
 
 A new pair overwrites an empty slot if there is one, else the oldest pair (Alg. 1 lines 27-29 of
 Ramamurthy & Duffy: append, then drop the first column when more than m pairs are held).
@@ -18,10 +21,11 @@ Ramamurthy & Duffy: append, then drop the first column when more than m pairs ar
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_sqn._device import host_reads_are_free, one_hot_mask
+from lightning_sqn._device import to_device, to_host
 
 
 class PairMemory:
@@ -30,23 +34,32 @@ class PairMemory:
     Args:
         memory: m, the number of pairs kept (m >= 1).
         n: the dimension of each pair.
-        dtype: dtype of the buffers.
-        device: device of the buffers (the parameters' device).
+        dtype: dtype of the device buffer (the Gram matrices are float64 on the host).
+        device: device of the buffer (the parameters' device).
+        work_rows: n-vector rows kept below the pairs for the optimizer's step (see ``work``).
     """
 
-    def __init__(self, memory: int, n: int, *, dtype: torch.dtype, device: torch.device | str) -> None:
+    def __init__(
+        self, memory: int, n: int, *, dtype: torch.dtype, device: torch.device | str, work_rows: int = 0
+    ) -> None:
         if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
             raise ValueError(f"memory must be an integer >= 1, got {memory!r}")
         self.m = memory
         self.n = n
-        kw = {"dtype": dtype, "device": device}
-        self.SY_buf = torch.zeros(2 * memory, n, **kw)
-        self.SS = torch.zeros(memory, memory, **kw)
-        self.SY = torch.zeros(memory, memory, **kw)
-        self.YY = torch.zeros(memory, memory, **kw)
-        self.serial = torch.full((memory,), -1, dtype=torch.long, device=device)
-        self.active = torch.zeros(memory, dtype=torch.bool, device=device)
-        self.next_serial = torch.zeros((), dtype=torch.long, device=device)
+        self._rows = torch.zeros(2 * memory + work_rows, n, dtype=dtype, device=device)
+        self.SY_buf = self._rows[: 2 * memory]
+        #: the optimizer's step rows (their products with everything come out of :meth:`project_work`)
+        self.work = self._rows[2 * memory :]
+        self.work_rows = self.work.unbind(0)  #: views of the single work rows (no op per access)
+        self._SY_t = self.SY_buf.t()
+        self._rows_work_t = (self._rows, self.work.t())
+        self._slot_rows = [(self.SY_buf[j], self.SY_buf[memory + j]) for j in range(memory)]
+        self.SS = np.zeros((memory, memory))
+        self.SY = np.zeros((memory, memory))
+        self.YY = np.zeros((memory, memory))
+        self.serial = np.full(memory, -1, dtype=np.int64)
+        self.active = np.zeros(memory, dtype=bool)
+        self.next_serial = 0
 
     # ------------------------------------------------------------------ views
     @property
@@ -67,11 +80,11 @@ class PairMemory:
     def device(self) -> torch.device:
         return self.SY_buf.device
 
-    def count(self) -> Tensor:
-        """Number of active pairs (0-dim int64 tensor)."""
-        return self.active.sum()
+    def count(self) -> int:
+        """Number of active pairs."""
+        return int(self.active.sum())
 
-    def later(self) -> Tensor:
+    def later(self) -> np.ndarray:
         """(m, m) bool: ``later[i, j]`` is True when pair i was stored after pair j (both active).
 
         L = S^T Y masked by ``later`` is the strictly lower triangle of S^T Y in time order.
@@ -79,133 +92,124 @@ class PairMemory:
         a = self.active
         return (self.serial[:, None] > self.serial[None, :]) & a[:, None] & a[None, :]
 
-    def age_rank(self) -> Tensor:
-        """(m,) int64: 0 for the oldest active pair, 1 for the next, ...; inactive slots get m."""
+    def age_rank(self) -> np.ndarray:
+        """(m,) int: 0 for the oldest active pair, 1 for the next, ...; inactive slots get m."""
         a = self.active
         older = (self.serial[None, :] < self.serial[:, None]) & a[None, :]
-        return torch.where(a, older.sum(1), torch.full_like(self.serial, self.m))
+        return np.where(a, older.sum(1), self.m)
+
+    def gram(self) -> np.ndarray:
+        """[S Y]^T [S Y] as a (2m, 2m) float64 matrix from the stored blocks (no pass over the buffer)."""
+        return np.block([[self.SS, self.SY], [self.SY.T, self.YY]])
 
     # ---------------------------------------------------------------- products
     def project(self, v: Tensor) -> Tensor:
         """[S Y]^T v: (2m,) for v of shape (n,), or (2m, k) for (n, k). One pass over the buffer."""
         return self.SY_buf @ v
 
-    def combine(self, c: Tensor, v: Tensor | None = None, out: Tensor | None = None) -> Tensor:
-        """v + [S Y] c for c of shape (2m,) (or (2m, k), v (n, k)). One pass over the buffer.
+    def project_work(self) -> Tensor:
+        """[S Y W]^T W for the work rows W: ``(2m + k, k)``, rows 0..2m-1 [S Y]^T W, the rest W W^T.
+        One pass over the buffer and the work rows."""
+        rows, work_t = self._rows_work_t
+        return rows @ work_t
 
-        Coefficients of inactive slots must be zero (callers mask them).
+    def combine(
+        self,
+        c: np.ndarray | Tensor,
+        v: Tensor | None = None,
+        *,
+        beta: float = 1.0,
+        out: Tensor | None = None,
+    ) -> Tensor:
+        """beta v + [S Y] c for c of shape (2m,) (or (2m, k) with v (n, k)). One pass over the buffer.
+
+        ``c`` may be a host array (sent in one small copy). Coefficients of inactive slots must be zero.
         """
+        if not isinstance(c, Tensor):
+            c = to_device(c, self.SY_buf)
+        A = self._SY_t
         if v is None:
-            return torch.matmul(self.SY_buf.t(), c, out=out) if out is not None else self.SY_buf.t() @ c
-        if c.ndim == 1:
-            return (
-                torch.addmv(v, self.SY_buf.t(), c, out=out)
-                if out is not None
-                else torch.addmv(v, self.SY_buf.t(), c)
-            )
-        return (
-            torch.addmm(v, self.SY_buf.t(), c, out=out)
-            if out is not None
-            else torch.addmm(v, self.SY_buf.t(), c)
-        )
+            return torch.matmul(A, c, out=out) if out is not None else A @ c
+        op = torch.addmv if c.ndim == 1 else torch.addmm
+        return op(v, A, c, beta=beta, out=out) if out is not None else op(v, A, c, beta=beta)
 
     # ---------------------------------------------------------------- updates
-    def pair_products(self, s: Tensor, y: Tensor) -> Tensor:
-        """[S Y]^T [s y]: (2m, 2) inner products of a candidate pair with the stored pairs.
-
-        Two matrix-vector products: a (2m, n) @ (n, 2) product with the column-major right-hand side
-        that stacking would create is about twice as slow on CPU BLAS.
-        """
-        return torch.stack((self.SY_buf @ s, self.SY_buf @ y), dim=1)
-
-    def gram(self) -> Tensor:
-        """[S Y]^T [S Y] as a (2m, 2m) matrix, from the stored Gram blocks (no pass over the buffer)."""
-        return torch.cat((torch.cat((self.SS, self.SY), 1), torch.cat((self.SY.t(), self.YY), 1)), 0)
+    def next_slot(self) -> int:
+        """The slot a new pair goes to: an empty one if any, else the oldest active pair's."""
+        free = np.flatnonzero(~self.active)
+        return int(free[0]) if free.size else int(np.argmin(self.serial))
 
     def push(
-        self,
-        s: Tensor,
-        y: Tensor,
-        store: Tensor,
-        products: Tensor | None = None,
-        dots: tuple[Tensor, Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        """Store the pair (s, y) where ``store`` (0-dim bool tensor) is True; otherwise change nothing.
+        self, s: Tensor, y: Tensor, Ps: np.ndarray, Py: np.ndarray, ss: float, sy: float, yy: float
+    ) -> int:
+        """Store the pair (s, y) in :meth:`next_slot` and return that slot.
 
         Args:
-            s, y: the candidate pair, shape (n,).
-            store: whether to store it (decided on the device by the caller's skip rule).
-            products: ``pair_products(s, y)`` if the caller already computed it.
-            dots: (s^T s, s^T y, y^T y) if the caller already computed them.
-
-        Returns:
-            The slot index written (0-dim int64), meaningful only where ``store`` is True.
+            s, y: the pair, shape (n,), on the device (written into the buffer: two row copies).
+            Ps, Py: [S Y]^T s and [S Y]^T y over the buffer *before* the write, (2m,) float64.
+            ss, sy, yy: s^T s, s^T y, y^T y.
         """
-        P = self.pair_products(s, y) if products is None else products
-        m = self.m
-        # Slot: an empty one if any (serial -1 sorts first), else the oldest active pair.
-        slot = torch.where(self.active, self.serial, torch.full_like(self.serial, -1)).argmin()
-        onehot = one_hot_mask(slot, m) & store
-        # Row/column `slot` of the Gram matrices: products with the new pair, its own inner products on
-        # the diagonal. Entries of other rows/columns are left as they are.
-        ss, sy, yy = (s @ s, s @ y, y @ y) if dots is None else dots
-        Ss, Sy, Ys, Yy = P[:m, 0], P[:m, 1], P[m:, 0], P[m:, 1]
-        self._set_row_col(self.SS, onehot, Ss, Ss, ss)
-        self._set_row_col(self.SY, onehot, Ys, Sy, sy)  # SY[slot, j] = s^T y_j, SY[i, slot] = s_i^T y
-        self._set_row_col(self.YY, onehot, Yy, Yy, yy)
-        if host_reads_are_free(self.SY_buf.device):
-            # Reading a CPU tensor costs no device synchronisation: write the rows only when stored.
-            if bool(store):
-                j = int(slot)
-                self.SY_buf[j].copy_(s)
-                self.SY_buf[j + m].copy_(y)
-        else:
-            idx = slot.view(1)
-            for rows, v in ((self.S, s), (self.Y, y)):
-                rows.index_copy_(0, idx, torch.where(store, v, rows.index_select(0, idx)[0]).view(1, -1))
-        self.serial.copy_(torch.where(onehot, self.next_serial, self.serial))
-        self.active |= onehot
-        self.next_serial += store.long()
-        return slot
+        m, j = self.m, self.next_slot()
+        # Row/column j of the Gram blocks: products with the new pair; its own products on the diagonal.
+        self.SS[j, :] = self.SS[:, j] = Ps[:m]
+        self.SY[j, :] = Ps[m:]  # SY[j, i] = s^T y_i
+        self.SY[:, j] = Py[:m]  # SY[i, j] = s_i^T y
+        self.YY[j, :] = self.YY[:, j] = Py[m:]
+        self.SS[j, j], self.SY[j, j], self.YY[j, j] = ss, sy, yy
+        s_row, y_row = self._slot_rows[j]
+        s_row.copy_(s)
+        y_row.copy_(y)
+        self.serial[j] = self.next_serial
+        self.active[j] = True
+        self.next_serial += 1
+        return j
 
-    @staticmethod
-    def _set_row_col(G: Tensor, onehot: Tensor, row: Tensor, col: Tensor, diag: Tensor) -> None:
-        """G[k, :] = row, G[:, k] = col, G[k, k] = diag for the slot k marked in ``onehot`` (if any)."""
-        r = onehot[:, None]
-        c = onehot[None, :]
-        new = torch.where(r, row[None, :], G)
-        new = torch.where(c, col[:, None], new)
-        new = torch.where(r & c, diag, new)
-        G.copy_(new)
+    def append(self, s: Tensor, y: Tensor) -> int:
+        """Store (s, y) unconditionally, forming its products here (one pass, one read); for tests and
+        tools that write pairs directly. Returns the slot."""
+        P = self.project(torch.stack((s, y), 1))
+        h = to_host(P, s @ s, s @ y, y @ y)
+        P_host = h[: 4 * self.m].reshape(2 * self.m, 2)
+        return self.push(s, y, P_host[:, 0], P_host[:, 1], float(h[-3]), float(h[-2]), float(h[-1]))
 
-    def keep(self, mask: Tensor) -> None:
-        """Deactivate every pair not in ``mask`` (bool (m,)); used by rank repair and forgetting."""
+    def keep(self, mask: np.ndarray) -> None:
+        """Deactivate every pair not in ``mask`` (bool (m,)); used by rank repair."""
         self.active &= mask
 
     def clear(self) -> None:
         """Forget all pairs (Alg. 1 "colDim = 0"; L-BFGS forgetting)."""
-        self.active.zero_()
+        self.active[:] = False
 
-    def drop_oldest_candidates(self) -> Tensor:
+    def drop_oldest_candidates(self) -> np.ndarray:
         """(m + 1, m) bool: row k is the active mask after dropping the k oldest active pairs."""
-        k = torch.arange(self.m + 1, device=self.device)[:, None]
+        k = np.arange(self.m + 1)[:, None]
         return self.active[None, :] & (self.age_rank()[None, :] >= k)
 
     # ------------------------------------------------------------------ state
-    _TENSORS = ("SY_buf", "SS", "SY", "YY", "serial", "active", "next_serial")
+    _HOST = ("SS", "SY", "YY", "serial", "active")
 
     def state_dict(self) -> dict[str, Tensor | int]:
-        out: dict[str, Tensor | int] = {name: getattr(self, name) for name in self._TENSORS}
-        out["memory"] = self.m
-        out["n"] = self.n
+        out: dict[str, Tensor | int] = {"SY_buf": self.SY_buf}
+        out.update({name: torch.from_numpy(getattr(self, name).copy()) for name in self._HOST})
+        out.update(next_serial=self.next_serial, memory=self.m, n=self.n)
         return out
 
-    def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
+    def check_state(self, state: dict) -> None:
+        """ValueError unless ``state`` is a complete pair memory of this shape (changes nothing)."""
+        missing = [k for k in ("SY_buf", *self._HOST, "next_serial", "memory", "n") if k not in state]
+        if missing:
+            raise ValueError(f"the pair-memory state lacks {missing}")
         if state["memory"] != self.m or state["n"] != self.n:
             raise ValueError(
                 f"pair memory of shape (m={state['memory']}, n={state['n']}) cannot be loaded into "
                 f"(m={self.m}, n={self.n}); build the optimizer with the same memory and parameters"
             )
-        for name in self._TENSORS:
-            cur = getattr(self, name)
-            cur.copy_(state[name].to(device=cur.device, dtype=cur.dtype))  # type: ignore[union-attr]
+
+    def load_state_dict(self, state: dict) -> None:
+        self.check_state(state)
+        self.SY_buf.copy_(state["SY_buf"].to(device=self.device, dtype=self.dtype))  # type: ignore[union-attr]
+        for name in self._HOST:
+            value = state[name]
+            arr = value.numpy(force=True) if isinstance(value, Tensor) else np.asarray(value)
+            setattr(self, name, arr.astype(getattr(self, name).dtype, copy=True))
+        self.next_serial = int(state["next_serial"])

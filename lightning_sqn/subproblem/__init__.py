@@ -7,18 +7,18 @@
 """
 
 from lightning_sqn.subproblem.exact import cauchy_point, solve_exact
-from lightning_sqn.subproblem.obs import OBSSolution, solve_obs, solve_obs_small
+from lightning_sqn.subproblem.obs import HostOBSSolution, solve_obs, solve_obs_host
 from lightning_sqn.subproblem.result import SubproblemStatus, TrustRegionResult
 from lightning_sqn.subproblem.steihaug import SteihaugResult, solve_steihaug
 
 __all__ = [
-    "OBSSolution",
+    "HostOBSSolution",
     "SteihaugResult",
     "SubproblemStatus",
     "TrustRegionResult",
     "cauchy_point",
     "solve_exact",
     "solve_obs",
-    "solve_obs_small",
+    "solve_obs_host",
     "solve_steihaug",
 ]

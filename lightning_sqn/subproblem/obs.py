@@ -25,11 +25,10 @@ exactly, working only with m x m matrices:
    lambda_i + sigma are gap_i + t and keep their digits when sigma is large and the root lies just
    right of -lambda_min (``benchmarks/obs_newton_iterations.py``).
 
-The step is returned as p = c_g g + [S Y] c, so forming it costs one pass over the pair buffer; the
-predicted reduction and ||p|| come from the spectral coordinates. Every operation is a fixed-shape
-device operation (the Newton iteration runs a fixed number of steps on an accelerator, frozen once
-converged), so the solver never reads a value back itself; on CUDA its two ``torch.linalg.eigh`` calls
-each read their cuSOLVER status back (torch offers no ``eigh_ex``).
+Everything above works on m x m matrices and runs on the host in NumPy float64
+(:func:`solve_obs_host`); the step is returned as p = c_g g + [S Y] c, so forming it costs one pass
+over the pair buffer on the device; the predicted reduction and ||p|| come from the spectral
+coordinates.
 
 We require gamma > 0 (see :class:`~lightning_sqn.qn.lsr1.LSR1Matrix`): then the model is bounded
 along the (n - r)-dimensional complement and the hard case can only arise in the parallel space.
@@ -37,218 +36,262 @@ along the (n - r)-dimensional complement and the hard case can only arise in the
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_sqn._device import host_reads_are_free, one_hot_mask
-from lightning_sqn.qn.lsr1 import CompactFactors, LSR1Matrix
+from lightning_sqn._device import to_host
+from lightning_sqn.qn.lsr1 import LSR1Matrix
 from lightning_sqn.subproblem.result import SubproblemStatus, TrustRegionResult
 
-#: Newton iterations on the secular equation: a cap on the CPU (which stops once no iterate moves), the
-#: fixed count of the accelerator form. benchmarks/obs_newton_iterations.py needs at most 10 on 3,000
-#: random hard problems, and a step the cap cuts short is scaled back onto the sphere (still feasible).
+#: Cap on the Newton iterations on the secular equation (the iteration stops once no iterate moves).
+#: benchmarks/obs_newton_iterations.py needs at most 10 on 3,000 random hard problems, and a step the
+#: cap cuts short is scaled back onto the sphere (still feasible).
 NEWTON_ITERS = 12
 
 
+_FINFO = np.finfo(np.float64)
+_EPS = float(_FINFO.eps)
+_TINY = float(_FINFO.tiny)
+_DEFAULT_RANK_TOL = _EPS ** (1.0 / 3.0)
+_SQRT_EPS = _EPS**0.5
+_INTERIOR = int(SubproblemStatus.INTERIOR)
+_BOUNDARY = int(SubproblemStatus.BOUNDARY)
+_HARD_CASE = int(SubproblemStatus.HARD_CASE)
+_ZERO_GRADIENT = int(SubproblemStatus.ZERO_GRADIENT)
+
+
 @dataclass
-class OBSSolution:
-    """The OBS solution in coefficient form, p = coef_g g + [S Y] coef (all 0-dim unless stated)."""
+class HostOBSSolution:
+    """The OBS solution in coefficient form, p = coef_g g + [S Y] coef (fields as in ``OBSSolution``)."""
 
-    coef_g: Tensor
-    coef: Tensor  #: (2m,)
-    sigma: Tensor
-    status: Tensor
-    predicted_reduction: Tensor
-    step_norm: Tensor
-    hit_boundary: Tensor
-    #: (m + 1,) ascending: lambda_1..lambda_r padded with gamma, then gamma (with lambda_r instead of
-    #: gamma when r = n, where gamma is no eigenvalue of B)
-    eigenvalues: Tensor
-    residual_phi: Tensor  #: |phi(sigma)| at exit, for diagnostics
-    #: Newton iterations run on the secular equation: until no iterate moved where the solver branches
-    #: on the host (CPU), else the fixed ``newton_iters`` of the accelerator form
-    newton_iterations: int = 0
+    coef_g: float
+    #: (2m,): coefficients on the S rows (-gamma w) then on the Y rows (w), zero on inactive slots
+    coef: np.ndarray
+    sigma: float
+    status: int  #: int(SubproblemStatus.X)
+    predicted_reduction: float
+    step_norm: float
+    hit_boundary: bool
+    #: (m + 1,) ascending: lambda_1..lambda_r padded with gamma, then gamma (lambda_r instead of gamma
+    #: when r = n, where gamma is no eigenvalue of B)
+    eigenvalues: np.ndarray
+    residual_phi: float  #: |phi(sigma)| Delta at the last Newton iterate, for diagnostics
+    newton_iterations: int  #: Newton iterations run until no iterate moved (at most ``newton_iters``)
 
 
-def solve_obs_small(
-    f: CompactFactors,
-    psi_g: Tensor,
-    g_norm_sq: Tensor,
-    radius: Tensor,
+def _norm_sq(t: float, terms: list[tuple[float, float]]) -> tuple[float, float]:
+    """||p||^2 = sum w2 / (gap + t)^2 and sum w2 / (gap + t)^3 (for phi') over the weighted secular
+    terms (gap, w2), sigma = shift + t. Plain floats: at most m + 1 terms, where NumPy's per-call
+    overhead would dominate."""
+    q = q3 = 0.0
+    for gap, w2 in terms:
+        d = gap + t
+        r = 1.0 / d if d != 0.0 else math.inf
+        r2 = r * r
+        q += w2 * r2
+        q3 += w2 * r * r2
+    return q, q3
+
+
+def _inv_sqrt(q: float) -> float:
+    """q^{-1/2} with 0 -> inf (torch's rsqrt)."""
+    return 1.0 / math.sqrt(q) if q > 0.0 else math.inf
+
+
+def solve_obs_host(
+    gamma: float,
+    mask: np.ndarray,
+    gram: np.ndarray,
+    middle: np.ndarray,
+    psi_g: np.ndarray,
+    g_norm_sq: float,
+    radius: float,
     n: int,
     *,
     rank_tol: float | None = None,
     newton_iters: int = NEWTON_ITERS,
-) -> OBSSolution:
-    """Solve the L-SR1 trust-region subproblem in the m-dimensional coordinates.
+) -> HostOBSSolution:
+    r"""Solve min g^T p + 1/2 p^T B p, ||p|| <= Delta, B = gamma I + Psi M Psi^T, in m x m algebra.
+
+    The OBS method (Brust, Erway & Marcia 2017, Alg. 1): with Psi = Q R (rank revealing) and
+    R M R^T = U diag(Lambda_hat) U^T, B has the eigenvalues Lambda = Lambda_hat + gamma on
+    P_par = Q U and gamma on the complement; the multiplier sigma >= 0 of (B + sigma I) p = -g is 0
+    (interior), -lambda_min (hard case) or the root of the secular equation
+    phi(sigma) = 1/||p(sigma)|| - 1/Delta, found by Newton's method in the shifted variable
+    t = sigma - max(-lambda_min, 0) (Moré & Sorensen 1983). Same semantics as
+    :func:`~lightning_sqn.subproblem.obs.solve_obs_small` up to rounding; the Newton loop stops once
+    |step| <= 4 eps |t| or after ``newton_iters`` steps, and a boundary step left outside the sphere by
+    the cap is scaled back onto it.
 
     Args:
-        f: the B-form factors (gamma, Psi^T Psi, M) of :meth:`LSR1Matrix.factors`.
-        psi_g: Psi^T g, shape (m,).
+        gamma: gamma > 0 (B_0 = gamma I).
+        mask: (m,) bool, active pairs.
+        gram: Psi^T Psi, (m, m) float64, zero on inactive rows and columns.
+        middle: M, (m, m) float64, zero on inactive rows and columns.
+        psi_g: Psi^T g, (m,) float64, zero on inactive entries.
         g_norm_sq: ||g||^2.
         radius: Delta > 0.
         n: the problem dimension (tells whether a perpendicular space exists).
         rank_tol: relative singular-value threshold for the rank of Psi (default eps^(1/3)).
-        newton_iters: Newton steps on the secular equation (:data:`NEWTON_ITERS`; quadratic
-            convergence from the safe start, 1-10 steps in practice).
+        newton_iters: cap on the Newton steps on the secular equation.
+
+    Returns:
+        The step as p = coef_g g + [S Y] coef with sigma, status, predicted reduction -m(p), ||p||
+        and the m + 1 known eigenvalues of B (ascending), all from the spectral coordinates.
     """
-    if not f.primal:
-        raise ValueError("OBS needs the B-form factors (LSR1Matrix.factors(primal=True))")
-    dtype, device = f.gram.dtype, f.gram.device
-    eps = torch.finfo(dtype).eps
-    tol = eps ** (1.0 / 3.0) if rank_tol is None else rank_tol
-    zero = torch.zeros((), dtype=dtype, device=device)
-    gamma = f.b0
-    radius = torch.as_tensor(radius, dtype=dtype, device=device)
+    gamma = float(gamma)
+    radius = float(radius)
+    g_norm_sq = float(g_norm_sq)
+    m = mask.shape[0]
+    tol = _DEFAULT_RANK_TOL if rank_tol is None else rank_tol
 
-    # 1. Psi = Q R, rank-revealing (Brust et al. Sec. 3: thin QR; here via the Gram matrix).
-    e, V = torch.linalg.eigh(f.gram)
-    keep = e > tol * tol * e.amax().clamp_min(torch.finfo(dtype).tiny)
-    sqrt_e = torch.where(keep, e.clamp_min(0).sqrt(), zero)
-    inv_sqrt_e = torch.where(keep, 1.0 / sqrt_e.clamp_min(torch.finfo(dtype).tiny), zero)
-    # 2. R M R^T = U Lambda_hat U^T (dropped directions get a large eigenvalue and are masked below).
-    RMRt = sqrt_e[:, None] * (V.t() @ f.middle @ V) * sqrt_e[None, :]
-    # Dropped coordinates get a distinct large diagonal, so their eigenvectors are exactly unit
-    # vectors on them and never mix with the kept block (which may have zero eigenvalues).
-    big = 2 * RMRt.abs().amax() + 1
-    lam_hat, U = torch.linalg.eigh(RMRt + torch.diag_embed(torch.where(keep, zero, big)))
-    kept_vec = (U * U * keep[:, None]).sum(0) > 0.5  # eigenvector lies in the kept subspace
-    lam = lam_hat + gamma
-    # 3. g_par = U^T R^{-T} Psi^T g = U^T diag(1/sqrt e) V^T psi_g.
-    a = U.t() @ (inv_sqrt_e * (V.t() @ psi_g))
-    a = torch.where(kept_vec, a, zero)
-    lam = torch.where(kept_vec, lam, gamma)  # dropped slots behave like the perpendicular space
-    r = kept_vec.sum()
+    # 1.-3. Spectral coordinates on the active slots (inactive slots are zero in every input).
+    full = bool(mask.all())
+    idx = None if full else np.flatnonzero(mask)
+    k = m if full else idx.size
+    if k and not full:
+        sub = np.ix_(idx, idx)
+        gram, middle, psi_g = gram[sub], middle[sub], psi_g[idx]
+    if k:
+        e, V = np.linalg.eigh(gram)
+        # Rank-revealing: e ascending, so the kept directions (e > tol^2 max e) are a suffix.
+        j = bisect.bisect_right(e.tolist(), tol * tol * max(float(e[-1]), _TINY))
+        Vk = V[:, j:]
+        sqrt_e = np.sqrt(e[j:])
+        inv_sqrt_e = 1.0 / sqrt_e
+        Rt = Vk * sqrt_e  # R^T on the kept directions, (k, r)
+        lam_hat, U = np.linalg.eigh(Rt.T @ middle @ Rt)
+        lam = (lam_hat + gamma).tolist()  # ascending
+        a = (U.T @ (inv_sqrt_e * (Vk.T @ psi_g))).tolist()
+    else:
+        lam, a = [], []
+    r = len(lam)
     has_perp = r < n
-    a_perp_sq = torch.where(has_perp, (g_norm_sq - (a * a).sum()).clamp_min(0), zero)
+    a_sq = [x * x for x in a]
+    a_perp_sq = max(g_norm_sq - sum(a_sq), 0.0) if has_perp else 0.0
 
-    lam_min_par = torch.where(kept_vec, lam, torch.full_like(lam, float("inf"))).amin()
-    lam_min = torch.minimum(lam_min_par, gamma)
-    # Components of g on the eigenspace of lambda_min (eigenvalues within a relative tolerance).
-    scale = lam.abs().amax().clamp_min(gamma.abs())
-    on_min = kept_vec & ((lam - lam_min).abs() <= 1e3 * eps * scale)
-    a_min = torch.sqrt((torch.where(on_min, a, zero) ** 2).sum())
-    g_norm = g_norm_sq.clamp_min(0).sqrt()
-    zero_on_min = a_min <= eps**0.5 * g_norm.clamp_min(torch.finfo(dtype).tiny)
+    lam_min = min(lam[0], gamma) if r else gamma
+    scale = max(abs(lam[0]), abs(lam[-1]), abs(gamma)) if r else abs(gamma)
+    # The eigenspace of lambda_min among the parallel eigenvalues: a prefix (lam is ascending).
+    near = 1e3 * _EPS * scale
+    n_min = 0
+    while n_min < r and lam[n_min] - lam_min <= near:
+        n_min += 1
+    a_min = math.sqrt(sum(a_sq[:n_min]))
+    g_norm = math.sqrt(max(g_norm_sq, 0.0))
+    zero_on_min = a_min <= _SQRT_EPS * max(g_norm, _TINY)
 
-    # The secular function over the r + 1 distinct eigenvalues: [lambda_1..lambda_m, gamma] with
-    # squared weights [a_i^2, ||g_perp||^2]; zero weights (dropped slots, or the lambda_min terms left
-    # out in the (near-)hard case) contribute nothing and never divide by zero.
-    lam_ext = torch.cat((lam, gamma.reshape(1)))
-    # Shifted variable (Moré & Sorensen 1983): sigma = shift + t with shift = max(-lambda_min, 0), and
-    # the denominators lambda_i + sigma = gap_i + t with gap_i = lambda_i + shift >= 0 (exactly 0 for
-    # lambda_min). When -lambda_min is large and the root lies just right of that pole (nearly hard
-    # case), lambda_min + sigma formed directly would lose the digits that decide ||p||.
-    shift = (-lam_min).clamp_min(0)
-    gaps_ext = lam_ext + shift
+    # Shifted variable (Moré & Sorensen): sigma = shift + t, denominators lambda_i + sigma = gap_i + t.
+    shift = max(-lam_min, 0.0)
+    gaps = [x + shift for x in lam]
+    gap_perp = gamma + shift
+    r_sq = radius * radius
 
-    def weights(skip_min: Tensor) -> Tensor:
-        w = torch.where(skip_min & on_min, zero, a)
-        return torch.cat((w * w, a_perp_sq.reshape(1)))
+    def weighted(skip_min: bool) -> list[tuple[float, float]]:
+        """The secular terms (gap, w2) with nonzero weight; the lambda_min terms left out if asked."""
+        terms = [(gaps[i], a_sq[i]) for i in range(n_min if skip_min else 0, r) if a_sq[i] != 0.0]
+        if a_perp_sq != 0.0:
+            terms.append((gap_perp, a_perp_sq))
+        return terms
 
-    one = torch.ones_like(lam_ext)
-
-    def norm_sq(t: Tensor, w2: Tensor, weighted: Tensor) -> tuple[Tensor, Tensor]:
-        """||p(sigma)||^2 = sum w2 / (gap + t)^2 and sum w2 / (gap + t)^3 (for phi'), sigma = shift + t.
-
-        ``weighted`` = (w2 != 0): terms without weight get a unit denominator, so they never divide by
-        zero. Two dot products, so an iteration is a handful of device operations (on an accelerator
-        the loop below runs all ``newton_iters`` of them).
-        """
-        r = torch.where(weighted, gaps_ext + t, one).reciprocal()
-        r2 = r * r
-        return torch.dot(w2, r2), torch.dot(w2 * r, r2)
-
-    no_skip = torch.zeros((), dtype=torch.bool, device=device)
-    # Interior candidate: sigma = 0 when B is positive definite.
-    w2_all = weights(no_skip)
-    q0, _ = norm_sq(-shift, w2_all, w2_all != 0)  # sigma = 0 (shift = 0 where it matters)
-    interior = (lam_min > 0) & (q0 <= radius * radius)
+    # Interior: sigma = 0 with B positive definite (shift = 0 then).
+    interior = lam_min > 0.0 and _norm_sq(0.0, weighted(False))[0] <= r_sq
     # Hard case: lambda_min <= 0, no component on its eigenspace, ||p(-lambda_min)|| <= Delta.
-    w2_hard = weights(zero_on_min)
-    q_hard, _ = norm_sq(zero, w2_hard, w2_hard != 0)  # sigma = -lambda_min = shift
-    hard = (~interior) & (lam_min <= 0) & zero_on_min & (q_hard <= radius * radius)
+    skip = lam_min <= 0.0 and zero_on_min
+    terms = weighted(skip)
+    hard = not interior and skip and _norm_sq(0.0, terms)[0] <= r_sq
 
-    # Boundary: Newton on phi(sigma) = 1/||p|| - 1/Delta from sigma_0 with phi(sigma_0) <= 0; phi is
-    # concave and increasing there, so the iterates increase monotonically to the root. On the CPU the
-    # loop stops once no iterate moves (reading a CPU tensor costs no device synchronisation); on an
-    # accelerator it runs ``newton_iters`` fixed-shape steps, frozen once converged.
-    t = torch.where(lam_min > 0, zero, a_min / radius)  # sigma_0 = shift + a_min / Delta
-    skip = (lam_min <= 0) & zero_on_min
-    w2 = weights(skip)
-    weighted = w2 != 0
+    # Boundary: Newton on phi(sigma) = 1/||p|| - 1/Delta from sigma_0 = shift + a_min / Delta, where
+    # phi <= 0; phi is concave and increasing there, so the iterates increase monotonically to the
+    # root. Stop once no iterate moves. (Interior and hard case: phi >= 0 at the start, so this is one
+    # evaluation, as in the torch version, and the iterate is not used.)
+    t = 0.0 if lam_min > 0.0 else a_min / radius
     inv_radius = 1.0 / radius
-    tiny = torch.finfo(dtype).tiny
-    early_exit = host_reads_are_free(device)
     iterations = 0
     for _ in range(newton_iters):
         iterations += 1
-        q, q3 = norm_sq(t, w2, weighted)
-        # phi = 1/||p|| - 1/Delta, phi' = q3 / ||p||^3, so the Newton step is phi ||p||^3 / q3. Once
-        # phi >= 0 (the root, up to rounding) the iterate is frozen. q3 = 0 only if every weight is
-        # zero; then q = 0, phi = +inf and nothing moves.
-        phi = q.rsqrt() - inv_radius
-        step = torch.where(phi < 0, phi * q.pow(1.5) / q3.clamp_min(tiny), zero)
-        t = t - step
-        if early_exit and not bool(step.abs() > 4 * eps * t.abs()):
+        q, q3 = _norm_sq(t, terms)
+        phi = _inv_sqrt(q) - inv_radius
+        if not phi < 0.0:
+            break  # at the root up to rounding: the step is 0
+        step = phi * (q * math.sqrt(q)) / max(q3, _TINY)
+        t -= step
+        if not abs(step) > 4.0 * _EPS * abs(t):
             break
-    q, _ = norm_sq(t, w2, weighted)
-    residual_phi = (q.rsqrt() - inv_radius).abs() * radius
-    # Safeguard: the iterates approach the root from the left, where ||p(t)|| > Delta. Should the
-    # iterations run out first (never seen: at most 10 are needed in benchmarks/obs_newton_iterations.py),
-    # the boundary step is scaled back onto the sphere, so it is always feasible.
-    # (Beyond rounding only: a converged iterate may sit an ulp outside and stays as it is.)
-    outside = q > radius * radius * (1 + 16 * eps)
-    boundary_scale = torch.where(outside, radius * q.rsqrt(), torch.ones_like(q))
+    q, _ = _norm_sq(t, terms)
+    residual_phi = abs(_inv_sqrt(q) - inv_radius) * radius
+    # Safeguard: the iterates approach the root from the left (||p|| > Delta); a step the cap cut short
+    # is scaled back onto the sphere (beyond rounding only).
+    boundary_scale = radius / math.sqrt(q) if q > r_sq * (1.0 + 16.0 * _EPS) else 1.0
 
-    t = torch.where(interior, -shift, torch.where(hard, zero, t))
+    if interior:
+        t, c = -shift, 1.0
+    elif hard:
+        t, c = 0.0, 1.0
+    else:
+        c = boundary_scale
     sigma = shift + t
-    c = torch.where(interior | hard, 1.0, boundary_scale)  # the safeguard's factor, 1 as a rule
-    skip_terms = hard | skip
-    d = (lam + shift) + t
-    v_par = torch.where(skip_terms & on_min, zero, -a / torch.where(d == 0, torch.ones_like(d), d))
-    v_par = torch.where(kept_vec, v_par, zero) * c
-    dp = (gamma + shift) + t
+    v_par = [0.0] * r  # the lambda_min terms stay 0 when left out (hard case, or g_par ~ 0 there)
+    for i in range(n_min if skip else 0, r):
+        d = gaps[i] + t
+        v_par[i] = -a[i] / (d if d != 0.0 else 1.0) * c
+    dp = gap_perp + t
     perp_norm_sq = c * c * a_perp_sq / (dp * dp)
-    # Hard case: add tau z along the first eigenvector of lambda_min, ||p|| = Delta, tau g^T z <= 0.
-    first_min = one_hot_mask(torch.argmax(on_min.to(torch.int8)), on_min.shape[0]).to(dtype)
-    tau = (radius * radius - (v_par * v_par).sum() - perp_norm_sq).clamp_min(0).sqrt()
-    sign = torch.where((a * first_min).sum() > 0, -1.0, 1.0).to(dtype)
-    v_par = v_par + torch.where(hard, sign * tau, zero) * first_min
+    v_sq = sum(v * v for v in v_par)
+    if hard:
+        # tau z along the first eigenvector of lambda_min, ||p|| = Delta, tau g^T z <= 0.
+        tau = math.sqrt(max(r_sq - v_sq - perp_norm_sq, 0.0))
+        v_par[0] += -tau if a[0] > 0.0 else tau
+        v_sq = sum(v * v for v in v_par)
 
-    # Step p = P_par (v_par + a / (gamma + sigma)) - g / (gamma + sigma) in [S Y] coefficients.
-    coef_g = -c / dp
-    c_par = torch.where(has_perp, v_par + c * a / dp, v_par)
-    coef_g = torch.where(has_perp, coef_g, zero)
-    w = V @ (inv_sqrt_e * (U @ c_par))
-    coef = f.coeffs(w)
-
-    # Spectral model value m(p) = sum_par (a v + lam v^2 / 2) + perp part.
-    m_par = (a * v_par + 0.5 * lam * v_par * v_par).sum()
+    # Spectral model value m(p) = sum_par (a v + lam v^2 / 2) + perp part, and ||p||.
+    m_par = sum(ai * v + 0.5 * li * v * v for ai, li, v in zip(a, lam, v_par, strict=True))
     m_perp = -c * a_perp_sq / dp + 0.5 * gamma * perp_norm_sq
     pred = -(m_par + m_perp)
-    step_norm = ((v_par * v_par).sum() + perp_norm_sq).sqrt()
+    step_norm = math.sqrt(v_sq + perp_norm_sq)
 
-    # Python ints as torch.where scalars: no host-to-device copy (torch.tensor(..., device=) would be one).
-    status = torch.where(hard, int(SubproblemStatus.HARD_CASE), int(SubproblemStatus.BOUNDARY))
-    status = torch.where(interior, int(SubproblemStatus.INTERIOR), status)
-    status = torch.where((g_norm_sq == 0) & (lam_min > 0), int(SubproblemStatus.ZERO_GRADIENT), status)
-    # gamma is an eigenvalue of B only if the perpendicular space exists (r < n); otherwise pad with
-    # lambda_max of the parallel space so min/max stay those of B.
-    lam_max_par = torch.where(kept_vec, lam, torch.full_like(lam, float("-inf"))).amax()
-    pad = torch.where(has_perp, gamma, lam_max_par)
-    eigenvalues = torch.sort(torch.cat((torch.where(kept_vec, lam, pad), pad.reshape(1)))).values
-    return OBSSolution(
+    # p = P_par (v_par + c a / dp) - c g / dp in [S Y] coefficients: [S Y] coef = Psi w with
+    # w = V diag(e^{-1/2}) U c_par.
+    if has_perp:
+        coef_g = -c / dp
+        c_par = [v + c * ai / dp for v, ai in zip(v_par, a, strict=True)]
+    else:
+        coef_g = 0.0
+        c_par = v_par
+    coef = np.zeros(2 * m)
+    if r:
+        w = Vk @ (inv_sqrt_e * (U @ np.array(c_par)))
+        if full:
+            np.multiply(w, -gamma, out=coef[:m])
+            coef[m:] = w
+        else:
+            coef[idx] = -gamma * w
+            coef[m + idx] = w
+
+    if g_norm_sq == 0.0 and lam_min > 0.0:
+        status = _ZERO_GRADIENT
+    elif interior:
+        status = _INTERIOR
+    else:
+        status = _HARD_CASE if hard else _BOUNDARY
+    # gamma is an eigenvalue of B only when r < n; otherwise pad with lambda_max of the parallel space.
+    pad = gamma if has_perp else (lam[-1] if r else -math.inf)
+    eigenvalues = lam + [pad] * (m + 1 - r)
+    eigenvalues.sort()
+    return HostOBSSolution(
         coef_g=coef_g,
         coef=coef,
         sigma=sigma,
         status=status,
         predicted_reduction=pred,
         step_norm=step_norm,
-        hit_boundary=~interior & (status != int(SubproblemStatus.ZERO_GRADIENT)),
-        eigenvalues=eigenvalues,
+        hit_boundary=not interior and status != _ZERO_GRADIENT,
+        eigenvalues=np.array(eigenvalues),
         residual_phi=residual_phi,
         newton_iterations=iterations,
     )
@@ -257,45 +300,48 @@ def solve_obs_small(
 def solve_obs(
     matrix: LSR1Matrix,
     g: Tensor,
-    radius: Tensor | float,
+    radius: float,
     *,
-    proj_g: Tensor | None = None,
-    out: Tensor | None = None,
     newton_iters: int = NEWTON_ITERS,
-    g_norm_sq: Tensor | None = None,
 ) -> TrustRegionResult:
     """Solve min g^T p + 1/2 p^T B p, ||p|| <= radius for the L-SR1 matrix B exactly (OBS).
+
+    The entry point outside the optimizers' steps (tests, tools): one pass for [S Y]^T g, one read,
+    the host solve, one pass for the step. Scalars of the result are host numbers, ``eigenvalues`` a
+    CPU float64 tensor.
 
     Args:
         matrix: the L-SR1 matrix (any form; the B-form factors are used).
         g: gradient, shape (n,).
         radius: Delta > 0.
-        proj_g: [S Y]^T g if already computed (saves a pass).
-        g_norm_sq: g^T g if already computed.
-        out: optional (n,) buffer for the step.
-        newton_iters: see :func:`solve_obs_small`.
+        newton_iters: cap on the secular Newton iterations.
     """
     mem = matrix.memory
     f = matrix.factors(primal=True)
-    proj = mem.project(g) if proj_g is None else proj_g
-    sol = solve_obs_small(
-        f,
-        f.psi_t(proj),
-        g @ g if g_norm_sq is None else g_norm_sq,
-        torch.as_tensor(radius, dtype=g.dtype, device=g.device),
+    h = to_host(mem.project(g), g @ g)
+    sol = solve_obs_host(
+        f.b0,
+        f.mask,
+        f.gram,
+        f.middle,
+        f.psi_t(h[:-1]),
+        float(h[-1]),
+        float(radius),
         mem.n,
         rank_tol=matrix.rank_tol,
         newton_iters=newton_iters,
     )
-    step = torch.mul(g, sol.coef_g, out=out) if out is not None else g * sol.coef_g
-    step.addmv_(mem.SY_buf.t(), sol.coef)  # p = c_g g + [S Y] c, one pass over the pair buffer
+    step = mem.combine(sol.coef, g, beta=sol.coef_g)  # p = c_g g + [S Y] c, one pass over the buffer
     return TrustRegionResult(
         step=step,
         sigma=sol.sigma,
         hit_boundary=sol.hit_boundary,
         predicted_reduction=sol.predicted_reduction,
         status=sol.status,
-        eigenvalues=sol.eigenvalues,
+        eigenvalues=torch.from_numpy(sol.eigenvalues.copy()),
         step_norm=sol.step_norm,
         coefficients=(sol.coef_g, sol.coef),
     )
+
+
+__all__ = ["NEWTON_ITERS", "HostOBSSolution", "solve_obs", "solve_obs_host"]

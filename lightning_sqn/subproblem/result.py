@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+import numpy as np
 from torch import Tensor
 
 
@@ -51,3 +52,25 @@ class TrustRegionResult:
     step_norm: Tensor
     #: (c_g, c) with step = c_g g + [S Y] c, for solvers working on a pair memory (else None)
     coefficients: tuple[Tensor, Tensor] | None = None
+
+
+@dataclass
+class HostTrustRegionStep:
+    """What a trust-region stepper needs of a subproblem solution, as host numbers.
+
+    The step itself stays on the device (in the model's step row); these decide rho, acceptance and
+    the radius on the host.
+
+    Attributes:
+        sigma: the multiplier of (B + sigma I) s = -g (0 for truncated CG).
+        predicted_reduction: pred = -m(s).
+        step_norm: ||s||.
+        status: :class:`SubproblemStatus` value.
+        eigenvalues: the eigenvalues of B the solver knows, ascending (``None`` for truncated CG).
+    """
+
+    sigma: float
+    predicted_reduction: float
+    step_norm: float
+    status: int
+    eigenvalues: np.ndarray | None = None

@@ -1,15 +1,16 @@
 """Checks only a GPU can make; skipped without CUDA (CI has none). Run them with
 ``bash benchmarks/gpu_check.sh`` on a machine with a GPU.
 
-The CPU suite already proves the accelerator form of the hot paths on CPU tensors
+The CPU suite counts every step's device operations and host transfers
 (``tests/optim/test_host_reads.py``). Here the same code runs on CUDA tensors:
 
 * float64 runs of every deterministic optimizer on CUDA equal the CPU runs;
 * the sampled optimizers (their directions come from a CUDA generator, so they differ from the CPU's)
   run and decrease the loss;
 * Hessian, GGN and gradient-graph products (batched on CUDA) equal the CPU products;
-* the synchronisations PyTorch itself reports (``torch.cuda.set_sync_debug_mode``) are the ones the CPU
-  emulation counts (``HostReadCounter``).
+* the synchronisations PyTorch itself reports (``torch.cuda.set_sync_debug_mode``) are the host
+  transfers the CPU counts (``HostReadCounter``: two reads and one coefficient copy per trust-region
+  step).
 
 ``LIGHTNING_SQN_TEST_DEVICE=cpu`` runs the module against the CPU instead (a dry run of the test logic;
 the synchronisation test needs CUDA and stays skipped).

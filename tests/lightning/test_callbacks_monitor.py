@@ -138,7 +138,7 @@ def test_step_metrics_and_skipped_updates_reach_tensorboard(tmp_path, name) -> N
         histograms = events.Histograms("sqn/eigenvalues")
         assert [h.step for h in histograms] == list(range(steps))
         last = trainer.optimizers[0].last_step.eigenvalues
-        assert histograms[-1].histogram_value.num == last.numel()
+        assert histograms[-1].histogram_value.num == last.size
         assert histograms[-1].histogram_value.min == pytest.approx(float(last.min()), rel=1e-6)
     else:  # L-BFGS publishes no eigenvalues: nothing to draw
         assert events.Tags()["histograms"] == []

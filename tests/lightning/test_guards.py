@@ -201,3 +201,22 @@ def test_bf16_mixed_trains_with_float32_curvature(make_optimizer: MakeOptimizer)
     assert opt.matrix.memory.SY_buf.dtype == torch.float32
     assert opt.last_step.loss.dtype == torch.float32
     assert model.full_loss() < 0.5 * initial
+
+
+@pytest.mark.parametrize("strategy", ["sqn", "guard"])
+def test_full_batch_needs_exactly_one_batch_per_epoch(strategy: str) -> None:
+    """full_batch=True reuses f and g of the accepted point: refused when the next step sees another batch
+    (two batches here), trains when every step sees the one full batch."""
+    settings: dict[str, Any] = (
+        {"strategy": "sqn"} if strategy == "sqn" else {"strategy": "auto", "callbacks": [GuardCallback()]}
+    )
+    model = Regression(lambda p: lightning_sqn.LSR1(p, full_batch=True))
+    with pytest.raises(MisconfigurationException, match=r"full_batch=True.*2 batches per epoch") as info:
+        _trainer(**settings).fit(model, _loader())
+    assert "full_batch=False" in str(info.value)
+    assert model.training_step_calls == 0
+    model = Regression(lambda p: lightning_sqn.LSR1(p, full_batch=True))
+    full = DataLoader(TensorDataset(*_data()), batch_size=NUM_SAMPLES, shuffle=False)
+    _trainer(max_steps=3, **settings).fit(model, full)
+    opt = model.trainer.optimizers[0]
+    assert opt.counters.steps == 3 and opt.counters.closure_evals == 4  # 2, then 1 per step

@@ -13,15 +13,13 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pytest
 import scipy.optimize
 import torch
 from pairs import active_pairs
 
 from lightning_sqn.qn.lbfgs import LBFGSMatrix
-
-# Every test runs through the CPU (host-branching) and the accelerator (masked, no host reads) forms.
-pytestmark = pytest.mark.usefixtures("code_path")
 
 DTYPE = torch.float64
 
@@ -69,16 +67,20 @@ def spd(n: int, gen: torch.Generator, lo: float, hi: float) -> torch.Tensor:
     return Q @ torch.diag(torch.logspace(math.log10(lo), math.log10(hi), n, dtype=DTYPE)) @ Q.T
 
 
-def clone_state(mat: LBFGSMatrix) -> dict[str, torch.Tensor]:
-    out = {name: getattr(mat.memory, name).clone() for name in mat.memory._TENSORS}
-    out["gamma"] = mat.gamma.clone()
+def clone_state(mat: LBFGSMatrix) -> dict:
+    mem = mat.memory
+    out: dict = {name: getattr(mem, name).copy() for name in mem._HOST}
+    out.update(SY_buf=mem.SY_buf.clone(), next_serial=mem.next_serial, gamma=mat.gamma)
     return out
 
 
-def assert_state_equal(mat: LBFGSMatrix, state: dict[str, torch.Tensor]) -> None:
-    for name in mat.memory._TENSORS:
-        assert torch.equal(getattr(mat.memory, name), state[name]), name
-    assert torch.equal(mat.gamma, state["gamma"])
+def assert_state_equal(mat: LBFGSMatrix, state: dict) -> None:
+    mem = mat.memory
+    for name in mem._HOST:
+        assert np.array_equal(getattr(mem, name), state[name]), name
+    assert torch.equal(mem.SY_buf, state["SY_buf"])
+    assert mem.next_serial == state["next_serial"]
+    assert mat.gamma == state["gamma"]
 
 
 # ---------------------------------------------------------------------------- compact = references

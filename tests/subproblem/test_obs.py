@@ -14,11 +14,8 @@ import torch
 
 from lightning_sqn.qn.lsr1 import LSR1Matrix
 from lightning_sqn.subproblem.exact import solve_exact
-from lightning_sqn.subproblem.obs import solve_obs
+from lightning_sqn.subproblem.obs import solve_obs, solve_obs_host
 from lightning_sqn.subproblem.result import SubproblemStatus
-
-# Every test runs through the CPU (host-branching) and the accelerator (masked, no host reads) forms.
-pytestmark = pytest.mark.usefixtures("code_path")
 
 DTYPE = torch.float64
 INTERIOR, BOUNDARY, HARD = SubproblemStatus.INTERIOR, SubproblemStatus.BOUNDARY, SubproblemStatus.HARD_CASE
@@ -227,7 +224,7 @@ def test_hard_case_with_small_radius_is_boundary() -> None:
 def write_pairs(mat: LSR1Matrix, S: torch.Tensor, Y: torch.Tensor) -> None:
     """Store pairs directly in the memory (no skip rule, no rank repair)."""
     for s, y in zip(S, Y, strict=True):
-        mat.memory.push(s, y, torch.tensor(True))
+        mat.memory.append(s, y)
     mat._invalidate()
 
 
@@ -249,8 +246,8 @@ def test_rank_deficient_psi(case, seed) -> None:
     mat = LSR1Matrix(m, n, gamma=gamma)
     write_pairs(mat, S, gamma * S + Psi)
     f = mat.factors()
-    assert int(torch.linalg.matrix_rank(f.gram, rtol=1e-8)) == 2
-    assert float(torch.linalg.svdvals(torch.linalg.inv(f.middle))[-1]) > 1e-4
+    assert int(torch.linalg.matrix_rank(torch.from_numpy(f.gram), rtol=1e-8)) == 2
+    assert float(torch.linalg.svdvals(torch.linalg.inv(torch.from_numpy(f.middle)))[-1]) > 1e-4
     B = mat.to_dense()
     lam_min = float(torch.linalg.eigvalsh(B)[0])
     g = torch.randn(n, generator=gen, dtype=DTYPE)
@@ -280,7 +277,7 @@ def test_rank_deficient_psi_with_more_pairs_than_dimensions(seed) -> None:
     C = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, -0.4], [-0.3, 0.8]], dtype=DTYPE)
     mat = LSR1Matrix(m, n, gamma=1.0)
     write_pairs(mat, S, S + C @ W)
-    assert int(torch.linalg.matrix_rank(mat.factors().gram, rtol=1e-8)) == 2
+    assert int(torch.linalg.matrix_rank(torch.from_numpy(mat.factors().gram), rtol=1e-8)) == 2
     g = torch.randn(n, generator=gen, dtype=DTYPE)
     check(mat, g, 1.0)
 
@@ -332,7 +329,7 @@ def test_no_perpendicular_space(n, m, seed, case) -> None:
         s = torch.randn(n, generator=gen, dtype=DTYPE)
         mat.update(s, A @ s + 0.3 * torch.randn(n, generator=gen, dtype=DTYPE))
     f = mat.factors()
-    assert int(torch.linalg.matrix_rank(f.gram, rtol=1e-8)) == n  # Psi spans R^n
+    assert int(torch.linalg.matrix_rank(torch.from_numpy(f.gram), rtol=1e-8)) == n  # Psi spans R^n
     B = mat.to_dense()
     lam = torch.linalg.eigvalsh(B)
     g = torch.randn(n, generator=gen, dtype=DTYPE)
@@ -349,15 +346,24 @@ def test_no_perpendicular_space(n, m, seed, case) -> None:
 
 
 def test_radius_tensor_and_out_buffer() -> None:
+    """A 0-dim tensor radius gives the step of the float radius; and the pieces solve_obs is made of (a
+    projection [S Y]^T g formed beforehand, the host solve, the combination into an ``out`` buffer, as
+    an optimizer step uses them) give that step bitwise."""
     gen = torch.Generator().manual_seed(22)
     n, m = 10, 3
     mat = indefinite_matrix(n, m, gen)
     g = torch.randn(n, generator=gen, dtype=DTYPE)
     ref = solve_obs(mat, g, 0.7)
-    out = torch.empty(n, dtype=DTYPE)
-    res = solve_obs(mat, g, torch.tensor(0.7, dtype=DTYPE), proj_g=mat.memory.project(g), out=out)
+    res = solve_obs(mat, g, torch.tensor(0.7, dtype=DTYPE))
     torch.testing.assert_close(res.step, ref.step, rtol=0, atol=0)
+    proj_g = mat.memory.project(g)
+    f = mat.factors()
+    psi_g = f.psi_t(proj_g.numpy())
+    sol = solve_obs_host(f.b0, f.mask, f.gram, f.middle, psi_g, float(g @ g), 0.7, n, rank_tol=mat.rank_tol)
+    out = torch.empty(n, dtype=DTYPE)
+    mat.memory.combine(sol.coef, g, beta=sol.coef_g, out=out)
     torch.testing.assert_close(out, ref.step, rtol=0, atol=0)
+    assert ref.coefficients[0] == sol.coef_g and (ref.coefficients[1] == sol.coef).all()
 
 
 # ----------------------------------------------------------------------------------------- float32

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -31,7 +33,6 @@ from lightning_sqn.lightning.callbacks._utils import (
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-    import torch
 
     from lightning_sqn.optim.base import StepStats
 
@@ -244,7 +245,8 @@ class TrustRegionMonitor(Callback):
     def _histogram(self, trainer: pl.Trainer, index: int, stats: StepStats) -> None:
         if not self.log_histogram or stats.eigenvalues is None:
             return
-        eigenvalues = stats.eigenvalues.detach().float().cpu()
+        eig = stats.eigenvalues
+        eigenvalues = (torch.from_numpy(eig) if isinstance(eig, np.ndarray) else eig.detach()).float().cpu()
         eigenvalues = eigenvalues[eigenvalues.isfinite()]
         if eigenvalues.numel() == 0:
             return
