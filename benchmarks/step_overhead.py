@@ -269,6 +269,42 @@ def run_model(
     return [r.finish() for r in runners]
 
 
+def pool(runs: list[list[Result]]) -> list[Result]:
+    """The results of repeated runs, one per optimizer, with their timed steps pooled."""
+    out = []
+    for same in zip(*runs, strict=True):
+        first = same[0]
+        for other in same[1:]:
+            first.calls += other.calls
+            first.closure_s += other.closure_s
+            first.algebra_s += other.algebra_s
+            first.single_fb_s += other.single_fb_s
+            first.error = first.error or other.error
+        out.append(first)
+    return out
+
+
+def pass_floor(model: nn.Module, device: torch.device, memory: int = 5) -> tuple[float, int]:
+    """(median ms, bytes) of one pass over a (2m, n) pair buffer of the model's size: the combination
+    c_g g + [S Y] c as the optimizers form it (a batched product over the buffer's blocks)."""
+    from lightning_sqn.qn.memory import PairMemory
+
+    n = sum(p.numel() for p in model.parameters())
+    mem = PairMemory(memory, n, dtype=torch.float32, device=device, work_rows=2)
+    mem.SY_buf.normal_()
+    c = torch.randn(2 * memory).numpy()
+    times = []
+    for _ in range(30):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        mem.combine_work(c, 0.5, 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[5:]) * 1e3, 2 * memory * n * 4
+
+
 # ----------------------------------------------------------------------------------------------- output
 
 
@@ -357,14 +393,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--models", default="mlp,lenet", help="comma-separated subset of: mlp,lenet")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="independent interleaved runs per model; the timed steps of all are pooled (default 3)",
+    )
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
     if unknown or not args.models:
         p.error(f"--models must be a comma-separated subset of {','.join(MODELS)}, got {unknown}")
-    if args.steps < 1 or args.warmup < 0 or args.batch < 1:
-        p.error("--steps and --batch must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.repeats < 1:
+        p.error("--steps, --batch and --repeats must be >= 1 and --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda was given but torch.cuda.is_available() is False")
     return args
@@ -430,8 +472,9 @@ def main(argv: list[str] | None = None) -> None:
         f"python {sys.version.split()[0]}",
         f"device: {dev_desc}, threads: {torch.get_num_threads()}, os.cpu_count(): {os.cpu_count()}, "
         f"load average at start: {_loadavg()}",
-        f"batch {args.batch}, float32, cross-entropy, seed {args.seed}, warmup {args.warmup} + "
-        f"{args.steps} timed steps, medians over timed steps, one fresh synthetic batch per step",
+        f"batch {args.batch}, float32, cross-entropy, seed {args.seed}, {args.repeats} repeats of warmup "
+        f"{args.warmup} + {args.steps} timed steps, medians over the pooled timed steps, one fresh synthetic "
+        "batch per step",
     ]
     if args.markdown:
         print("\n".join(f"- {m}" if i else f"- `{m.split(': ', 1)[1]}`" for i, m in enumerate(meta)))
@@ -442,13 +485,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     results: list[Result] = []
     other_load: dict[str, float | None] = {}
+    floors: dict[str, tuple[float, int]] = {}
     for mi, model_name in enumerate(args.models):
         torch.manual_seed(args.seed + mi)
         init_model = MODELS[model_name]().float()
         batches = make_batches(args.warmup + args.steps, args.batch, device, args.seed + 1000 + mi)
         with OtherLoad() as load:
-            results.extend(run_model(model_name, init_model, batches, args.warmup, device))
+            runs = [
+                run_model(model_name, init_model, batches, args.warmup, device) for _ in range(args.repeats)
+            ]
+        results.extend(pool(runs))
         other_load[model_name] = load.cores
+        floors[model_name] = pass_floor(init_model, device)
         print(f"  done: {model_name}", file=sys.stderr, flush=True)
 
     header, rows = build_rows(results)
@@ -467,6 +515,13 @@ def main(argv: list[str] | None = None) -> None:
         "in one extra step (lightning_sqn._device.HostReadCounter; on a GPU each operation is about one "
         "kernel launch and each read a synchronisation).",
     ]
+    for m, (ms, nbytes) in floors.items():
+        notes.append(
+            f"floor ({m}): one pass over the (2m, n) = (10, n) pair buffer ({nbytes / 2**20:.1f} MiB) takes "
+            f"{ms:.2f} ms here ({nbytes / ms / 1e6:.1f} GB/s, the batched product the optimizers use); a "
+            f"limited-memory step makes two, so {2 * ms:.2f} ms is the floor of its pair-buffer traffic, "
+            "before the n-vector work (gradient and parameter copies, y, r, x + s)."
+        )
     loads = ", ".join(f"{m} {'n/a' if c is None else f'{c:.2f}'}" for m, c in other_load.items())
     notes.append(
         f"CPU cores used by other processes during the runs: {loads} (of {os.cpu_count()}; above ~0.1 the "

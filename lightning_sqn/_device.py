@@ -32,8 +32,13 @@ def to_host(*values: torch.Tensor) -> np.ndarray:
     float64 holds every float16/32 value exactly, so nothing is rounded on the way.
     """
     dtype = torch.float32 if values[0].device.type == "mps" else torch.float64  # MPS has no float64
-    flat = torch.cat([v.reshape(-1).to(dtype) for v in values]) if len(values) > 1 else values[0]
-    flat = flat.reshape(-1).to(dtype)
+    if len(values) == 1:
+        flat = values[0].reshape(-1) if values[0].dim() != 1 else values[0]
+    elif all(v.dtype == values[0].dtype for v in values):
+        flat = torch.cat([v.reshape(-1) for v in values])
+    else:
+        flat = torch.cat([v.reshape(-1).to(dtype) for v in values])
+    flat = flat.to(dtype)
     for counter in _active_counters:
         counter.host_reads += 1
     return flat.numpy(force=True) if flat.device.type != "cpu" else flat.numpy().copy()

@@ -327,7 +327,9 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         if create_graph and self.communicator is not None:
             out.copy_(self.communicator.all_reduce_mean(out))
         loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
-        loss = loss.to(device=out.device, dtype=out.dtype).reshape(())
+        loss = loss.to(device=out.device, dtype=out.dtype)
+        if loss.dim():
+            loss = loss.reshape(())
         if self.communicator is not None:  # every rank decides from the same (global mean) loss
             loss = self.communicator.all_reduce_mean(loss)
         return loss

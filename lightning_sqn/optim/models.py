@@ -2,12 +2,15 @@
 
 A stepper drives a model through one protocol, in this order within a step:
 
-1. it evaluates g(x_k) into :attr:`g`; ``gather()`` returns the device tensors the step's single
-   first read needs (for a limited-memory model one product: [S Y]^T [g s y r] and the 4 x 4 inner
-   products of those n-vectors, from one pass over the pair buffer and the work rows beside it);
-2. ``absorb(values)`` takes those numbers on the host: the pair staged by the previous step is
-   offered to the matrix there (skip rule, Gram update, rank repair, gamma: all float64 host
-   algebra) and [S Y]^T g is kept for the solve;
+1. it evaluates g(x_k) into :attr:`g`; ``gather(f)`` returns one device tensor with f and what the
+   step's single first read needs (for a limited-memory model: [S Y]^T [g y] from one pass over the
+   pair buffer and the inner products of g and the staged y, s, r; [S Y]^T s follows on the host from
+   the coefficients s was formed with, s = c_g g_prev + [S Y] c, as c_g [S Y]^T g_prev + G c with G
+   the Gram matrix [S Y]^T [S Y]);
+2. ``peek_gg(values)`` gives g^T g for the finiteness check, then ``absorb(values)`` takes the
+   numbers on the host: the pair staged by the previous step is offered to the matrix there (skip
+   rule, Gram update, rank repair, gamma: all float64 host algebra) and [S Y]^T g is kept for the
+   solve;
 3. ``solve(radius)`` (trust region) writes the step into :attr:`s` with one pass and returns the
    subproblem's host record, or ``direction()`` (line search) writes d = -H g into :attr:`s` with
    one pass and returns g^T d and ||d|| computed on the host;
@@ -35,7 +38,7 @@ from lightning_sqn.subproblem.obs import NEWTON_ITERS, solve_obs_host
 from lightning_sqn.subproblem.result import HostTrustRegionStep, SubproblemStatus
 from lightning_sqn.subproblem.steihaug import solve_steihaug
 
-_G, _S, _Y, _R = 0, 1, 2, 3  # rows of the work buffer
+_G, _Y, _S, _R = 0, 1, 2, 3  # rows of the work buffer: g first (see PairMemory.combine_work)
 
 
 class _StagingModel:
@@ -75,80 +78,96 @@ class _StagingModel:
         self.staged = True
 
     def _staged_state(self) -> dict:
-        """The staged pair (the rows after g, which is scratch)."""
-        return {"staged": self.staged, "staged_rows": self.work[_S:]}
+        """The staged pair: every row after g (which is scratch)."""
+        return {"staged": self.staged, "staged_rows": self.work[_G + 1 :]}
 
     def _check_staged_state(self, state: dict) -> None:
         rows = state.get("staged_rows") if isinstance(state, dict) else None
-        if "staged" not in state or not isinstance(rows, Tensor) or rows.shape != self.work[_S:].shape:
+        if "staged" not in state or not isinstance(rows, Tensor) or rows.shape != self.work[_G + 1 :].shape:
             raise ValueError(
                 "the staged-pair rows in this state do not fit this optimizer (expected 'staged_rows' of "
-                f"shape {tuple(self.work[_S:].shape)})"
+                f"shape {tuple(self.work[_G + 1 :].shape)})"
             )
 
     def _load_staged_state(self, state: dict) -> None:
-        self.work[_S:].copy_(state["staged_rows"].to(self.work))
+        self.work[_G + 1 :].copy_(state["staged_rows"].to(self.work))
         self.staged = bool(state["staged"])
 
 
 class LimitedMemoryModel(_StagingModel):
     """An :class:`LSR1Matrix` or :class:`LBFGSMatrix` as trust-region or line-search model.
 
+    The matrix must be built with ``work_rows=4`` (trust region: g, y, s and the residual
+    r = y - B s, which the SR1 skip rule then uses exactly) or 3 (line search: g, y, s; the residual's
+    inner products are formed on the host).
+
     Args:
         matrix: the limited-memory matrix.
         newton_iters: cap on the OBS secular Newton iteration.
-        with_residual: keep the row r = y - B s of the trust-region step (the SR1 skip rule then uses
-            it exactly); without it (line search) the residual's inner products are formed on the host.
     """
 
     def __init__(self, matrix: LimitedMemoryMatrix, newton_iters: int = NEWTON_ITERS) -> None:
         self.matrix = matrix
         self.newton_iters = newton_iters
         mem = matrix.memory
-        if mem.work.shape[0] not in (3, 4):
+        k = mem.work.shape[0]
+        if k not in (3, 4):
             raise ValueError(
-                "the matrix must be built with work_rows=4 (trust region: g, s, y, r) or 3 (line search: "
-                f"g, s, y), got {mem.work.shape[0]}"
+                "the matrix must be built with work_rows=4 (trust region: g, y, s, r) or 3 (line search: "
+                f"g, y, s), got {k}"
             )
-        #: rows g (the gradient at x_k), s (step or direction), y, r (residual, trust region only)
         self.work = mem.work
         self._init_rows()
         self._proj_g: np.ndarray | None = None
+        #: inner products read at the start of a step: g^T g, g^T s, g^T y, s^T s, s^T y, y^T y
+        #: (and s^T r, r^T r for the trust region)
+        self._dots = ((_G, _G), (_G, _S), (_G, _Y), (_S, _S), (_S, _Y), (_Y, _Y))
+        if k > _R:
+            self._dots += ((_S, _R), (_R, _R))
+        #: s (or d) = coef_g g + [S Y] coef, with [S Y]^T g at the time: (coef_g, coef, [S Y]^T g)
+        self._step_coef: tuple[float, np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ phase 1
-    def gather(self) -> list[Tensor]:
-        """[S Y W]^T W for the work rows W: [S Y]^T W and W W^T from one pass."""
-        return [self.matrix.memory.project_work()]
+    def gather(self, f: Tensor) -> Tensor:
+        """f, [S Y]^T [g y] (one pass over the pairs) and the inner products of g, y, s (and r), as one
+        flat device tensor."""
+        return self.matrix.memory.step_products(f)
 
     def peek_gg(self, values: np.ndarray) -> float:
-        k = self.work.shape[0]
-        return float(values[(2 * self.matrix.memory.m + _G) * k + _G])
+        P, D = self.matrix.memory.sum_step_products(values[1:])
+        self._sums = (P, D)
+        return float(D[_G, _G])
 
     def absorb(self, values: np.ndarray) -> tuple[bool | None, int]:
-        """Take the numbers of :meth:`gather` (flat, float64); offer the staged pair.
+        """Take the numbers of :meth:`gather` (flat, float64, after :meth:`peek_gg`); offer the staged pair.
 
         Returns (stored, dropped): whether the previous step's pair was stored (None if none was
         staged) and how many older pairs rank repair removed.
         """
         mem = self.matrix.memory
-        k = self.work.shape[0]
-        m2 = 2 * mem.m
-        G = values.reshape(m2 + k, k)
-        P, D = G[:m2], G[m2:]
-        proj_g = P[:, _G].copy()
-        self._gg = float(D[_G, _G])
+        P, D = self._sums
+        dot = {ij: float(D[ij]) for ij in self._dots}
+        proj_g = P[:, 0].copy()
+        self._gg = dot[_G, _G]
         stored: bool | None = None
         dropped = 0
         if self.staged:
             self.staged = False
+            assert self._step_coef is not None
+            coef_g, coef, proj_prev = self._step_coef
+            Ps = coef_g * proj_prev + mem.gram() @ coef  # [S Y]^T s, s = coef_g g_prev + [S Y] coef
             slot = mem.next_slot()
-            residual = (float(D[_S, _R]), float(D[_R, _R])) if k > _R else None
-            dots = (float(D[_S, _S]), float(D[_S, _Y]), float(D[_Y, _Y]))
+            residual = (dot[_S, _R], dot[_R, _R]) if (_R, _R) in dot else None
             stored, dropped = self.matrix.offer(
-                self._rows[_S], self._rows[_Y], P[:, _S], P[:, _Y], dots, residual=residual
+                self._rows[_S],
+                self._rows[_Y],
+                Ps,
+                P[:, 1],
+                (dot[_S, _S], dot[_S, _Y], dot[_Y, _Y]),
+                residual=residual,
             )
             if stored:  # the new pair's products with g (its slot held the evicted pair's)
-                proj_g[slot], proj_g[mem.m + slot] = D[_G, _S], D[_G, _Y]
+                proj_g[slot], proj_g[mem.m + slot] = dot[_G, _S], dot[_G, _Y]
         self._proj_g = proj_g
         return stored, dropped
 
@@ -161,6 +180,11 @@ class LimitedMemoryModel(_StagingModel):
             else:
                 self._proj_g = to_host(mem.project(self.g))
         return self._proj_g
+
+    def _form_step(self, coef_g: float, coef: np.ndarray) -> None:
+        """s = coef_g g + [S Y] coef into the s row (one pass), remembering the coefficients."""
+        self._step_coef = (coef_g, coef, self._projection())
+        self.matrix.memory.combine_work(coef, coef_g, _S)
 
     # ------------------------------------------------------------------ phase 2
     def solve(self, radius: float) -> HostTrustRegionStep:
@@ -181,7 +205,7 @@ class LimitedMemoryModel(_StagingModel):
             rank_tol=matrix.rank_tol,
             newton_iters=self.newton_iters,
         )
-        matrix.memory.combine(sol.coef, self.g, beta=sol.coef_g, out=self.s)
+        self._form_step(sol.coef_g, sol.coef)
         return HostTrustRegionStep(
             sigma=sol.sigma,
             predicted_reduction=sol.predicted_reduction,
@@ -194,10 +218,14 @@ class LimitedMemoryModel(_StagingModel):
         """d = -H g into :attr:`s` (one pass); returns (g^T d, ||d||) formed on the host."""
         proj = self._projection()
         b0, c = self.matrix.inv_mv_coefficients(proj)
-        self.matrix.memory.combine(-c, self.g, beta=-b0, out=self.s)
+        self._form_step(-b0, -c)
         gg, pc = self._gg, float(proj @ c)
         dd = b0 * b0 * gg + 2.0 * b0 * pc + float(c @ self.matrix.memory.gram() @ c)
         return -(b0 * gg + pc), math.sqrt(max(dd, 0.0))
+
+    def gradient_direction(self) -> tuple[float, float]:
+        self._step_coef = (-1.0 / self.gamma(), np.zeros(2 * self.matrix.m), self._projection())
+        return super().gradient_direction()
 
     # ------------------------------------------------------------------ phase 3
     def stage_trust_region(self, g_trial: Tensor, sigma: float) -> None:
@@ -207,6 +235,12 @@ class LimitedMemoryModel(_StagingModel):
         torch.sub(g_trial, W[_G], out=W[_Y])
         torch.add(g_trial, W[_S], alpha=sigma, out=W[_R])
         self.staged = True
+
+    def stage_line_search(self, g_trial: Tensor, alpha: float) -> None:
+        assert self._step_coef is not None
+        coef_g, coef, proj = self._step_coef
+        self._step_coef = (alpha * coef_g, alpha * coef, proj)
+        super().stage_line_search(g_trial, alpha)
 
     # ------------------------------------------------------------------ memory
     def load_pairs(self, S: Tensor, Y: Tensor) -> int:
@@ -233,17 +267,29 @@ class LimitedMemoryModel(_StagingModel):
         self._proj_g = None
 
     def state_dict(self) -> dict:
-        return {**self.matrix.state_dict(), **self._staged_state()}
+        out = {**self.matrix.state_dict(), **self._staged_state()}
+        if self.staged and self._step_coef is not None:
+            coef_g, coef, proj = self._step_coef
+            out["staged_coef"] = torch.from_numpy(np.concatenate(([coef_g], coef, proj)))
+        return out
 
     def check_state(self, state: dict) -> None:
         self.matrix.check_state(state)
         self._check_staged_state(state)
+        coef = state.get("staged_coef")
+        if state["staged"] and (not isinstance(coef, Tensor) or coef.shape != (1 + 4 * self.matrix.m,)):
+            raise ValueError("a state with a staged pair needs its coefficients ('staged_coef')")
 
     def load_state_dict(self, state: dict) -> None:
         self.check_state(state)
         self.matrix.load_state_dict(state)
         self._load_staged_state(state)
         self._proj_g = None
+        self._step_coef = None
+        if self.staged:
+            v = state["staged_coef"].numpy(force=True).astype(np.float64)
+            m2 = 2 * self.matrix.m
+            self._step_coef = (float(v[0]), v[1 : 1 + m2].copy(), v[1 + m2 :].copy())
 
 
 class SteihaugModel(LimitedMemoryModel):
@@ -301,14 +347,14 @@ class DenseModel(_StagingModel):
         self.work = torch.zeros(3, n, dtype=dtype, device=device)  # g, s, y
         self._init_rows()
 
-    def gather(self) -> list[Tensor]:
-        return [self.g @ self.g]
+    def gather(self, f: Tensor) -> Tensor:
+        return torch.stack((f, self.g @ self.g))
 
     def peek_gg(self, values: np.ndarray) -> float:
-        return float(values[0])
+        return float(values[1])
 
     def absorb(self, values: np.ndarray) -> tuple[bool | None, int]:
-        self._gg = float(values[0])
+        self._gg = float(values[1])
         if not self.staged:
             return None, 0
         self.staged = False

@@ -41,7 +41,9 @@ class StepModel(Protocol):
     g: Tensor  #: where the stepper evaluates g(x_k)
     s: Tensor  #: where the model writes the step or direction
 
-    def gather(self) -> list[Tensor]: ...
+    def gather(self, f: Tensor) -> Tensor:
+        """f(x_k) and what the model needs from the device, as one flat tensor (one read)."""
+        ...
 
     def peek_gg(self, values: np.ndarray) -> float:
         """g^T g from the values of :meth:`gather` (checked before anything changes)."""
@@ -114,11 +116,11 @@ class _Stepper:
         if f0 is None:
             f0 = opt._evaluate(closure, model.g, create_graph=needs_graph)
             self.start_eval = 0
-        values = to_host(f0, *model.gather())
+        values = to_host(model.gather(f0))  # f0 first, then what the model needs
         f0_host = float(values[0])
-        gg = model.peek_gg(values[1:])
+        gg = model.peek_gg(values)
         opt._check_finite(f0_host, gg)
-        stored, dropped = model.absorb(values[1:])
+        stored, dropped = model.absorb(values)
         return f0, f0_host, gg, stored, dropped
 
     def _end(self, f_next: Tensor, g_next: Tensor | None) -> None:

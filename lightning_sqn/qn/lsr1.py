@@ -152,31 +152,44 @@ class LSR1Matrix(LimitedMemoryMatrix):
     def _invalidate(self) -> None:
         self._factors.clear()
 
-    def _middle_inverse(self, primal: bool, mask: np.ndarray, b0: float) -> tuple[np.ndarray, np.ndarray]:
-        """(gram, middle^{-1}) for the given active masks (batched over leading dims of ``mask``)."""
+    def _time_ordered(self) -> np.ndarray:
+        """The active slots, oldest first."""
         mem = self.memory
-        SY = mem.SY if primal else mem.SY.T  # UV[i, j] = u_i^T v_j
-        UU, VV = (mem.SS, mem.YY) if primal else (mem.YY, mem.SS)
-        Lt = np.where(mem.serial[:, None] > mem.serial[None, :], SY, 0.0)
-        inv = np.diag(np.diagonal(SY)) + Lt + Lt.T - b0 * UU
-        gram = VV - b0 * (SY + SY.T) + b0 * b0 * UU
-        mm = mask[..., :, None] & mask[..., None, :]
-        return np.where(mm, gram, 0.0), np.where(mm, inv, 0.0)
+        idx = np.flatnonzero(mem.active)
+        return idx[np.argsort(mem.serial[idx], kind="stable")]
+
+    def _middle_inverse(self, primal: bool, idx: np.ndarray, b0: float) -> tuple[np.ndarray, np.ndarray]:
+        """(Psi^T Psi, M^{-1}) over the pairs ``idx`` in time order (Phi^T Phi, N^{-1} for the H form).
+
+        M^{-1} = D + L + L^T - b0 U^T U and Psi^T Psi = V^T V - b0 (U^T V + V^T U) + b0^2 U^T U with
+        (U, V) = (S, Y) (B form) or (Y, S) (H form), L the strictly lower triangle of U^T V.
+        """
+        mem = self.memory
+        ix = np.ix_(idx, idx)
+        UV = mem.SY[ix] if primal else mem.SY.T[ix]  # UV[i, j] = u_i^T v_j
+        UU, VV = (mem.SS[ix], mem.YY[ix]) if primal else (mem.YY[ix], mem.SS[ix])
+        Lt = np.tril(UV, -1)  # time order: row i is later than column j below the diagonal
+        inv = np.diag(np.diagonal(UV)) + Lt + Lt.T - b0 * UU
+        gram = VV - b0 * (UV + UV.T) + b0 * b0 * UU
+        return gram, inv
 
     def factors(self, primal: bool = True) -> CompactFactors:
         """B = gamma I + Psi M Psi^T (``primal``) or H = delta I + Phi N Phi^T."""
         if primal not in self._factors:
+            m = self.m
             mask = self.memory.active.copy()
             b0 = self.gamma if primal else 1.0 / self.gamma
-            gram, inv = self._middle_inverse(primal, mask, b0)
-            idx = np.flatnonzero(mask)
-            middle = np.zeros_like(inv)
+            idx = self._time_ordered()
+            gram = np.zeros((m, m))
+            middle = np.zeros((m, m))
             if idx.size:
-                block = inv[np.ix_(idx, idx)]
+                block_gram, block_inv = self._middle_inverse(primal, idx, b0)
+                ix = np.ix_(idx, idx)
+                gram[ix] = block_gram
                 try:
-                    middle[np.ix_(idx, idx)] = np.linalg.inv(block)
+                    middle[ix] = np.linalg.inv(block_inv)
                 except np.linalg.LinAlgError:  # rank repair keeps this from happening; never crash
-                    middle[np.ix_(idx, idx)] = np.linalg.pinv(block)
+                    middle[ix] = np.linalg.pinv(block_inv)
             self._factors[primal] = CompactFactors(b0, mask, gram, middle, primal)
         return self._factors[primal]
 
@@ -346,30 +359,33 @@ class LSR1Matrix(LimitedMemoryMatrix):
     def _repair(self, primal: bool) -> None:
         """Drop the oldest pairs until the compact form is well defined (Alg. 1 l. 31-39, Alg. 2 l. 24-32).
 
-        Candidates (drop 0, 1, ..., m oldest) are checked in turn; the first that passes is kept.
+        The candidates (drop 0, 1, ..., k oldest) are the trailing blocks of the time-ordered matrices;
+        they are checked in turn and the first that passes is kept.
         """
         mem = self.memory
         b0 = self.gamma if primal else 1.0 / self.gamma
         tol = self.rank_tol
+        idx = self._time_ordered()
+        if idx.size == 0:
+            return
+        gram, inv = self._middle_inverse(primal, idx, b0)
         # Thresholds scale with the terms that form Psi = V - b0 U and M^{-1} = D + L + L^T - b0 U^T U
         # ((U, V) = (S, Y), or (Y, S) for the H form), not with their own largest eigenvalue: that cannot
         # see cancellation (a 1 x 1 M^{-1} that is zero up to rounding would always pass).
         UU, VV = (mem.SS, mem.YY) if primal else (mem.YY, mem.SS)
-        for cand in mem.drop_oldest_candidates():
-            idx = np.flatnonzero(cand)
-            if idx.size == 0:
-                mem.keep(cand)
-                return
-            gram, inv = self._middle_inverse(primal, cand, b0)
-            ix = np.ix_(idx, idx)
-            u_norm = math.sqrt(max(float(np.diagonal(UU)[idx].sum()), 0.0))  # ||U||_F
-            size = math.sqrt(max(float(np.diagonal(VV)[idx].sum()), 0.0)) + abs(b0) * u_norm
-            ok = bool(np.all(np.abs(np.linalg.eigvalsh(inv[ix])) > tol * u_norm * size))
+        uu = np.diagonal(UU)[idx]
+        vv = np.diagonal(VV)[idx]
+        for k in range(idx.size):
+            u_norm = math.sqrt(max(float(uu[k:].sum()), 0.0))  # ||U||_F over the pairs kept
+            size = math.sqrt(max(float(vv[k:].sum()), 0.0)) + abs(b0) * u_norm
+            ok = bool(np.all(np.abs(np.linalg.eigvalsh(inv[k:, k:])) > tol * u_norm * size))
             if ok and primal:
-                ok = bool(np.all(np.linalg.eigvalsh(gram[ix]) > tol * tol * size * size))
+                ok = bool(np.all(np.linalg.eigvalsh(gram[k:, k:]) > tol * tol * size * size))
             if ok:
-                mem.keep(cand)
+                if k:
+                    mem.active[idx[:k]] = False
                 return
+        mem.active[idx] = False
 
 
 __all__ = ["CompactFactors", "LSR1Matrix"]

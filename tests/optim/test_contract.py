@@ -227,7 +227,7 @@ def test_add_param_group_after_construction_raises(case: OptimizerCase) -> None:
 
 # ------------------------------------------------------------------------------------------ dtypes
 #: the Gram blocks of the limited-memory matrices: host float64 by design (all m x m algebra is)
-HOST_FLOAT64 = ("/memory/SS", "/memory/SY", "/memory/YY")
+HOST_FLOAT64 = ("/memory/SS", "/memory/SY", "/memory/YY", "/staged_coef")
 
 
 def _floating_state(opt: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:

@@ -17,9 +17,11 @@ options={"maxcor": 5})`` on the same start, counted up to SciPy's first evaluati
 :func:`convergence_table` returns the rows (method, problem, n, iterations, closure evaluations, SciPy's
 numbers) so that a benchmark script can print the same table; ``pytest -s`` prints it too.
 
-Note on closure counts: every step of these optimizers evaluates f and g at x_k before searching
-(``step()`` is built for mini-batches, where the batch changes between steps), so a full-batch run costs
-one evaluation per iteration more than SciPy, which reuses the last line-search evaluation.
+Note on closure counts: by default every step of these optimizers evaluates f and g at x_k before
+searching (``step()`` is built for mini-batches, where the batch changes between steps), so a run here
+costs one evaluation per iteration more than SciPy, which reuses the last line-search evaluation;
+``full_batch=True`` removes that evaluation (``tests/optim/test_full_batch.py``,
+``benchmarks/mgh_full_batch.py``).
 """
 
 from __future__ import annotations

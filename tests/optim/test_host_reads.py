@@ -173,7 +173,9 @@ def test_float32_step_agrees_with_float64_algebra_on_the_same_pairs() -> None:
     lm, mat = opt._model, opt.matrix
     # The next step's subproblem in float32 storage: the model's own phases.
     f = opt._evaluate(closure, lm.g)
-    lm.absorb(to_host(f, *lm.gather())[1:])
+    values = to_host(lm.gather(f))
+    lm.peek_gg(values)
+    lm.absorb(values)
     radius = opt._stepper.radius
     res = lm.solve(radius)
     s32 = lm.s.double()

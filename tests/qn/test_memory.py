@@ -76,14 +76,6 @@ def assert_matches(mem: PairMemory, ref: RingModel) -> None:
         torch.testing.assert_close(
             torch.from_numpy(getattr(mem, name)[ix]), ref_gram[ix], rtol=1e-13, atol=1e-13
         )
-    # age ranks: position in time order; m for inactive slots.
-    rank = [ref.m] * ref.m
-    for r, i in enumerate(ref.time_order()):
-        rank[i] = r
-    assert mem.age_rank().tolist() == rank
-    later = [[ref.active[i] and ref.active[j] and ref.serial[i] > ref.serial[j] for j in range(ref.m)]
-             for i in range(ref.m)]  # fmt: skip
-    assert mem.later().tolist() == later
 
 
 def test_many_pushes_with_wraparound_skips_keep_and_clear() -> None:
@@ -140,32 +132,13 @@ def test_slot_choice_empty_first_then_oldest() -> None:
     mem.keep(np.array([True, True, False]))
     assert push(mem, 6 * one, one) == 2
     # ... then the oldest active pair is the one in slot 0 (serial 3).
-    assert mem.age_rank().tolist() == [0, 1, 2]
+    assert mem.serial.tolist() == [3, 4, 5]
     assert push(mem, 7 * one, one) == 0
     assert mem.S[:, 0].tolist() == [7.0, 5.0, 6.0]
-    assert mem.age_rank().tolist() == [2, 0, 1]
+    assert mem.serial.tolist() == [6, 4, 5]
     # Empty slot chosen over an older active pair even when it is not the first slot.
     mem.keep(np.array([True, False, True]))
     assert push(mem, 8 * one, one) == 1
-
-
-def test_drop_oldest_candidates() -> None:
-    m, n = 4, 3
-    mem = PairMemory(m, n, dtype=DTYPE, device="cpu")
-    one = torch.ones(n, dtype=DTYPE)
-    for k in range(6):  # slots hold serials [4, 5, 2, 3]
-        push(mem, k * one, one)
-    mem.keep(np.array([True, True, False, True]))  # active serials 4, 5, 3
-    cands = mem.drop_oldest_candidates()
-    assert cands.shape == (m + 1, m)
-    expected = [
-        [True, True, False, True],
-        [True, True, False, False],  # drop serial 3 (slot 3)
-        [False, True, False, False],  # then serial 4 (slot 0)
-        [False, False, False, False],
-        [False, False, False, False],
-    ]
-    assert cands.tolist() == expected
 
 
 def test_project_and_combine() -> None:
