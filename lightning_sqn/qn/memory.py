@@ -10,8 +10,8 @@ pairs here.
   one matrix-vector product over the first 2m + 1 rows, :meth:`combine_work`), then the next pair's
   y, s and r. :meth:`step_products` gives [S Y]^T [g y] and the inner products of the work rows.
 
-Every row is stored in blocks of ``BLOCK`` entries (the row length padded with zeros to a multiple
-of it), and both passes are batched products over the blocks (``torch.bmm`` on a ``(K, rows, L)``
+Every row is stored in K = ceil(n / ``BLOCK``) blocks of equal length (at most ``BLOCK`` entries; the
+row padded with fewer than K zeros), and both passes are batched products over the blocks (``torch.bmm`` on a ``(K, rows, L)``
 view): each block of all rows is read once while it is in cache, and the batches run in parallel. On
 the CPU that streams the buffer about twice as fast as one matrix-vector product per right-hand side
 (``docs/benchmarks.md``); on a GPU it is one batched kernel. The padding stays zero.
@@ -56,8 +56,8 @@ class PairMemory:
             raise ValueError(f"memory must be an integer >= 1, got {memory!r}")
         self.m = memory
         self.n = n
-        L = min(BLOCK, max(n, 1))
-        K = -(-n // L)
+        K = -(-n // BLOCK)  # blocks per row, then the shortest block length that covers n (< K padding)
+        L = -(-n // K)
         rows = 2 * memory + work_rows
         self._padded = torch.zeros(rows, K * L, dtype=dtype, device=device)
         self._rows = self._padded[:, :n]
