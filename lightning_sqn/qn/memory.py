@@ -7,20 +7,21 @@ pairs here.
   are Y^T, so [S Y]^T V is one pass over the buffer (:meth:`project`) and a combination
   beta v + [S Y] c one more (:meth:`combine`). Below it, in the same allocation, sit the ``work`` rows
   of the optimizer's step: g (the gradient at x_k, right after the pairs, so that c_g g + [S Y] c is
-  one matrix-vector product over the first 2m + 1 rows, :meth:`combine_work`), then the next pair's
-  y, s and r. :meth:`step_products` gives [S Y]^T [g y] and the inner products of the work rows.
-
-Every row is stored in K = ceil(n / ``BLOCK``) blocks of equal length (at most ``BLOCK`` entries; the
-row padded with fewer than K zeros), and both passes are batched products over the blocks (``torch.bmm`` on a ``(K, rows, L)``
-view): each block of all rows is read once while it is in cache, and the batches run in parallel. On
-the CPU that streams the buffer about twice as fast as one matrix-vector product per right-hand side
-(``docs/benchmarks.md``); on a GPU it is one batched kernel. The padding stays zero.
+  one product over the first 2m + 1 rows, :meth:`combine_work`), then the next pair's y, s and r.
+  :meth:`step_products` gives [S Y]^T [g y] and the inner products of the work rows.
 * On the host, in NumPy float64: ``SS = S^T S``, ``SY = S^T Y`` (``SY[i, j] = s_i^T y_j``) and
   ``YY = Y^T Y`` (m x m), updated by one row and column per stored pair from the products of the new
   pair with the stored ones (which the caller reads in the same transfer as its other numbers), never
   recomputed from scratch; ``serial[i]``, the insertion number of slot i, and ``active[i]``, whether
   slot i holds a pair in use. Time order (needed for the strictly lower triangle L of S^T Y in the
   compact forms) is read from ``serial``; the slots themselves are never permuted.
+
+Every row is stored in K = ceil(n / ``BLOCK``) blocks of equal length L (at most ``BLOCK`` entries;
+the row is padded with fewer than K zeros, which stay zero), and the step's passes are batched products
+over the blocks (``torch.bmm`` on a ``(K, rows, L)`` view): each block of all rows is read once while it
+is in cache, and the batches run in parallel. On the CPU that streams the buffer about twice as fast as
+one matrix-vector product per right-hand side (``docs/benchmarks.md``); on a GPU it is one batched
+kernel.
 
 A new pair overwrites an empty slot if there is one, else the oldest pair (Alg. 1 lines 27-29 of
 Ramamurthy & Duffy: append, then drop the first column when more than m pairs are held).
