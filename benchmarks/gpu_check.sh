@@ -36,6 +36,6 @@ part() {  # part NAME SECONDS COMMAND...
 
 # -W default: the GPU machine's torch may warn where the pinned CPU one does not; report, don't fail.
 part pytest_gpu 180 "$python" -m pytest -q -p no:cacheprovider -W default tests/gpu
-part step_overhead_cuda 150 "$python" benchmarks/step_overhead.py --device cuda --steps 50 --warmup 10 --markdown
+part step_overhead_cuda 150 "$python" benchmarks/step_overhead.py --device cuda --steps 50 --warmup 10 --repeats 1 --markdown
 part curvature_products_cuda 120 "$python" benchmarks/curvature_products.py --device cuda --repeats 20 --markdown
 exit $status

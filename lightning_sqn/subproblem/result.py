@@ -12,7 +12,8 @@ from torch import Tensor
 class SubproblemStatus(IntEnum):
     """How a trust-region subproblem min_p g^T p + 1/2 p^T B p, ||p|| <= radius was solved.
 
-    Stored as an integer tensor in :class:`TrustRegionResult` so solvers never sync with the host.
+    An integer tensor in the device solvers' :class:`TrustRegionResult`, a Python int in the host
+    records (:func:`~lightning_sqn.subproblem.obs.solve_obs`, :class:`HostTrustRegionStep`).
     """
 
     INTERIOR = 0  #: B positive definite and the Newton step -B^{-1} g lies inside the region (sigma = 0)
@@ -27,8 +28,10 @@ class SubproblemStatus(IntEnum):
 class TrustRegionResult:
     """Solution of min_p m(p) = g^T p + 1/2 p^T B p subject to ||p||_2 <= radius.
 
-    All fields are tensors on the problem's device (0-dim unless stated), so building the result needs
-    no host synchronisation.
+    The dense and truncated-CG solvers fill it with tensors on the problem's device (0-dim unless
+    stated), so building the result needs no host synchronisation;
+    :func:`~lightning_sqn.subproblem.obs.solve_obs`, whose algebra runs on the host, with Python
+    numbers (``step`` is always a device tensor).
 
     Attributes:
         step: p, shape (n,).
@@ -44,14 +47,14 @@ class TrustRegionResult:
     """
 
     step: Tensor
-    sigma: Tensor
-    hit_boundary: Tensor
-    predicted_reduction: Tensor
-    status: Tensor
+    sigma: Tensor | float
+    hit_boundary: Tensor | bool
+    predicted_reduction: Tensor | float
+    status: Tensor | int
     eigenvalues: Tensor | None
-    step_norm: Tensor
+    step_norm: Tensor | float
     #: (c_g, c) with step = c_g g + [S Y] c, for solvers working on a pair memory (else None)
-    coefficients: tuple[Tensor, Tensor] | None = None
+    coefficients: tuple[float, np.ndarray] | None = None
 
 
 @dataclass
