@@ -70,9 +70,8 @@ class StepStats:
     predicted_reduction: float | Tensor | None = None
     actual_reduction: float | Tensor | None = None
     sigma: float | Tensor | None = None  #: subproblem multiplier
-    subproblem_status: int | Tensor | None = (
-        None  #: :class:`~lightning_sqn.subproblem.result.SubproblemStatus`
-    )
+    #: :class:`~lightning_sqn.subproblem.result.SubproblemStatus`
+    subproblem_status: int | Tensor | None = None
     eig_min: float | Tensor | None = None  #: smallest known eigenvalue of B_k
     eig_max: float | Tensor | None = None  #: largest known eigenvalue of B_k
     num_negative_eigs: int | Tensor | None = None  #: count of negative eigenvalues of B_k (with multiplicity)
@@ -337,8 +336,8 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
     def _check_finite(self, f: float, gg: float) -> None:
         """Raise :class:`NonFiniteLossError` unless f(x_k) and g^T g are finite (host values).
 
-        g^T g is finite exactly when g is, barring overflow of the sum of squares; that case is named
-        separately.
+        g^T g is finite exactly when g is, barring overflow of the sum of squares, which is refused too
+        (NaN means a NaN entry; +inf an infinite entry or an overflow, and the message says both).
         """
         if math.isfinite(f) and math.isfinite(gg):
             return
@@ -347,7 +346,7 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         elif math.isnan(gg):
             what = "gradient"
         else:
-            what = "squared norm of the gradient (it overflows the parameters' dtype)"
+            what = "gradient (an entry is infinite, or its squared norm overflows the parameters' dtype)"
         raise NonFiniteLossError(
             f"{type(self).__name__}: the {what} at the current parameters is not finite, so no step can "
             "be computed. Parameters and curvature memory are unchanged. Check the data, the model's "
