@@ -658,3 +658,33 @@ def test_dense_reference_is_not_trivial() -> None:
     # secant equation for the newest pair holds in both
     torch.testing.assert_close(B1 @ S[-1], Y[-1])
     assert np.isfinite(B1.numpy()).all()
+
+
+@pytest.mark.parametrize("form", ["B", "H"])
+def test_residual_dots_from_products_equal_the_explicit_residual(form) -> None:
+    """The line-search stepper forms u^T r and r^T r of the skip rule on the host from [S Y]^T s,
+    [S Y]^T y and the pair's dots; they equal the products of the explicit residual (r = y - B s or
+    s - H y), and a pair the matrix already reproduces (r = 0 up to rounding) is refused as unresolved."""
+    gen = torch.Generator().manual_seed(51)
+    n, m = 12, 4
+    A = quadratic(n, gen, -1.0, 3.0)
+    mat = LSR1Matrix(m, n, form=form, gamma="scaled")
+    for _ in range(3):
+        s = torch.randn(n, generator=gen, dtype=DTYPE)
+        mat.update(s, A @ s + 0.1 * torch.randn(n, generator=gen, dtype=DTYPE))
+    for _ in range(5):
+        s = torch.randn(n, generator=gen, dtype=DTYPE)
+        y = A @ s + 0.1 * torch.randn(n, generator=gen, dtype=DTYPE)
+        Ps, Py, dots = mat.pair_products(s, y)
+        r = (y - mat.mv(s)) if form == "B" else (s - mat.inv_mv(y))
+        u = s if form == "B" else y
+        res = mat.residual_dots(Ps, Py, dots)
+        assert res is not None
+        assert res[0] == pytest.approx(float(u @ r), rel=1e-9, abs=1e-12)
+        assert res[1] == pytest.approx(float(r @ r), rel=1e-9, abs=1e-12)
+    s = torch.randn(n, generator=gen, dtype=DTYPE)
+    y = mat.mv(s) if form == "B" else torch.linalg.solve(mat.to_dense_inverse(), s)
+    if form == "H":
+        s = mat.inv_mv(y)  # s - H y = 0 exactly in exact arithmetic
+    Ps, Py, dots = mat.pair_products(s, y)
+    assert mat.residual_dots(Ps, Py, dots) is None
