@@ -155,7 +155,7 @@ class LimitedMemoryModel(_StagingModel):
             self.staged = False
             assert self._step_coef is not None
             coef_g, coef, proj_prev = self._step_coef
-            Ps = coef_g * proj_prev + mem.gram() @ coef  # [S Y]^T s, s = coef_g g_prev + [S Y] coef
+            Ps = self.matrix.combination_products(coef_g, coef, proj_prev)  # s = coef_g g_prev + [S Y] coef
             slot = mem.next_slot()
             residual = (dot[_S, _R], dot[_R, _R]) if (_R, _R) in dot else None
             stored, dropped = self.matrix.offer(
@@ -219,9 +219,7 @@ class LimitedMemoryModel(_StagingModel):
         proj = self._projection()
         b0, c = self.matrix.inv_mv_coefficients(proj)
         self._form_step(-b0, -c)
-        gg, pc = self._gg, float(proj @ c)
-        dd = b0 * b0 * gg + 2.0 * b0 * pc + float(c @ self.matrix.memory.gram() @ c)
-        return -(b0 * gg + pc), math.sqrt(max(dd, 0.0))
+        return self.matrix.direction_dots(b0, c, proj, self._gg)
 
     def gradient_direction(self) -> tuple[float, float]:
         self._step_coef = (-1.0 / self.gamma(), np.zeros(2 * self.matrix.m), self._projection())

@@ -77,6 +77,17 @@ class LimitedMemoryMatrix:
         """Store (s, y) if it passes the matrix's test; return (stored, pairs dropped by rank repair)."""
         raise NotImplementedError
 
+    def combination_products(self, coef_g: float, coef: np.ndarray, proj: np.ndarray) -> np.ndarray:
+        """[S Y]^T v for v = coef_g w + [S Y] coef, from proj = [S Y]^T w and the Gram matrix (no pass
+        over the buffer): coef_g [S Y]^T w + ([S Y]^T [S Y]) coef."""
+        return coef_g * proj + self.memory.gram() @ coef
+
+    def direction_dots(self, b0: float, c: np.ndarray, proj: np.ndarray, gg: float) -> tuple[float, float]:
+        """(g^T d, ||d||) for d = -(b0 g + [S Y] c), from proj = [S Y]^T g and gg = g^T g (no pass)."""
+        pc = float(proj @ c)
+        dd = b0 * b0 * gg + 2.0 * b0 * pc + float(c @ self.memory.gram() @ c)
+        return -(b0 * gg + pc), math.sqrt(max(dd, 0.0))
+
     def _invalidate(self) -> None:
         """Drop cached factors (subclasses override when they cache)."""
 

@@ -290,3 +290,27 @@ def test_two_loop_reference_is_inverse_of_dense_bfgs() -> None:
     v = torch.randn(n, generator=gen, dtype=DTYPE)
     torch.testing.assert_close(two_loop(S, Y, 1.7, v), H @ v)
     torch.testing.assert_close(H @ Y[-1], S[-1])
+
+
+def test_combination_products_and_direction_dots_match_explicit_vectors() -> None:
+    """The host forms [S Y]^T v and (g^T d, ||d||) of v = c_g w + [S Y] c from projections and the Gram
+    matrix, without a pass over the buffer; they equal the products of the explicit vectors."""
+    gen = torch.Generator().manual_seed(61)
+    n, m = 15, 4
+    A = spd(n, gen, 0.5, 20.0)
+    mat = LBFGSMatrix(m, n)
+    for _ in range(6):  # the ring buffer wraps
+        s = torch.randn(n, generator=gen, dtype=DTYPE)
+        mat.update(s, A @ s)
+    mem = mat.memory
+    g = torch.randn(n, generator=gen, dtype=DTYPE)
+    proj = mem.project(g).numpy()
+    b0, c = mat.inv_mv_coefficients(proj)
+    d = -mem.combine(c, g, beta=b0)
+    gd, dnorm = mat.direction_dots(b0, c, proj, float(g @ g))
+    assert gd == pytest.approx(float(g @ d), rel=1e-12)
+    assert dnorm == pytest.approx(float(torch.linalg.vector_norm(d)), rel=1e-12)
+    v = mem.combine(c, g, beta=0.7)
+    torch.testing.assert_close(
+        torch.from_numpy(mat.combination_products(0.7, c, proj)), mem.project(v), rtol=1e-12, atol=1e-12
+    )
