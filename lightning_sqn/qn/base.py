@@ -29,12 +29,6 @@ def check_gamma(gamma: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"a constant gamma must be a finite float > 0 (B_0 = gamma I), got {gamma!r}")
 
 
-def pair_dots(s: Tensor, y: Tensor) -> tuple[float, float, float]:
-    """(s^T s, s^T y, y^T y) as host floats (one read)."""
-    ss, sy, yy = to_host(s @ s, s @ y, y @ y)
-    return float(ss), float(sy), float(yy)
-
-
 class LimitedMemoryMatrix:
     """Base of :class:`~lightning_sqn.qn.lsr1.LSR1Matrix` and :class:`~lightning_sqn.qn.lbfgs.LBFGSMatrix`.
 
@@ -114,16 +108,6 @@ class LimitedMemoryMatrix:
         return self.inv_mv(torch.eye(self.memory.n, dtype=self.memory.dtype, device=self.memory.device))
 
     # ------------------------------------------------------------ updates
-    def pair_products(
-        self, s: Tensor, y: Tensor
-    ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-        """([S Y]^T s, [S Y]^T y, (s^T s, s^T y, y^T y)) in one pass and one read."""
-        P = self.memory.project(torch.stack((s, y), 1))
-        h = to_host(P, s @ s, s @ y, y @ y)
-        m2 = 2 * self.m
-        P_host = h[: 2 * m2].reshape(m2, 2)
-        return P_host[:, 0], P_host[:, 1], (float(h[-3]), float(h[-2]), float(h[-1]))
-
     def reset(self) -> None:
         """Forget all pairs (gamma is kept): Alg. 1 with colDim = 0, or L-BFGS forgetting."""
         self.memory.clear()

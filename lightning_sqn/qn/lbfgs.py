@@ -153,7 +153,7 @@ class LBFGSMatrix(LimitedMemoryMatrix):
 
     def update(self, s: Tensor, y: Tensor) -> bool:
         """Offer (s, y) with its products formed here (one pass, one read); return whether it was stored."""
-        Ps, Py, dots = self.pair_products(s, y)
+        Ps, Py, dots = self.memory.pair_products(s, y)
         return self.offer(s, y, Ps, Py, dots)[0]
 
 

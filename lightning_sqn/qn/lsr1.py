@@ -292,7 +292,7 @@ class LSR1Matrix(LimitedMemoryMatrix):
             s, y: the pair, shape (n,).
             residual: y - B s (B form) or s - H y (H form) if the caller knows it; formed here otherwise.
         """
-        Ps, Py, dots = self.pair_products(s, y)
+        Ps, Py, dots = self.memory.pair_products(s, y)
         if not all(map(math.isfinite, (*dots, *Ps, *Py))):
             return False, 0  # refused before any product with it is formed
         if residual is None:

@@ -202,13 +202,21 @@ class PairMemory:
         self.next_serial += 1
         return j
 
-    def append(self, s: Tensor, y: Tensor) -> int:
-        """Store (s, y) unconditionally, forming its products here (one pass, one read); for tests and
-        tools that write pairs directly. Returns the slot."""
+    def pair_products(
+        self, s: Tensor, y: Tensor
+    ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+        """([S Y]^T s, [S Y]^T y, (s^T s, s^T y, y^T y)) of a candidate pair, in one pass and one read."""
         P = self.project(torch.stack((s, y), 1))
         h = to_host(P, s @ s, s @ y, y @ y)
-        P_host = h[: 4 * self.m].reshape(2 * self.m, 2)
-        return self.push(s, y, P_host[:, 0], P_host[:, 1], float(h[-3]), float(h[-2]), float(h[-1]))
+        m2 = 2 * self.m
+        P_host = h[: 2 * m2].reshape(m2, 2)
+        return P_host[:, 0], P_host[:, 1], (float(h[-3]), float(h[-2]), float(h[-1]))
+
+    def append(self, s: Tensor, y: Tensor) -> int:
+        """Store (s, y) unconditionally (no skip rule, no rank repair); for tests and tools that write
+        pairs directly. Returns the slot."""
+        Ps, Py, dots = self.pair_products(s, y)
+        return self.push(s, y, Ps, Py, *dots)
 
     def keep(self, mask: np.ndarray) -> None:
         """Deactivate every pair not in ``mask`` (bool (m,)); used by rank repair."""

@@ -675,7 +675,7 @@ def test_residual_dots_from_products_equal_the_explicit_residual(form) -> None:
     for _ in range(5):
         s = torch.randn(n, generator=gen, dtype=DTYPE)
         y = A @ s + 0.1 * torch.randn(n, generator=gen, dtype=DTYPE)
-        Ps, Py, dots = mat.pair_products(s, y)
+        Ps, Py, dots = mat.memory.pair_products(s, y)
         r = (y - mat.mv(s)) if form == "B" else (s - mat.inv_mv(y))
         u = s if form == "B" else y
         res = mat.residual_dots(Ps, Py, dots)
@@ -686,5 +686,5 @@ def test_residual_dots_from_products_equal_the_explicit_residual(form) -> None:
     y = mat.mv(s) if form == "B" else torch.linalg.solve(mat.to_dense_inverse(), s)
     if form == "H":
         s = mat.inv_mv(y)  # s - H y = 0 exactly in exact arithmetic
-    Ps, Py, dots = mat.pair_products(s, y)
+    Ps, Py, dots = mat.memory.pair_products(s, y)
     assert mat.residual_dots(Ps, Py, dots) is None
