@@ -25,7 +25,7 @@ import torch
 
 from lightning_sqn.qn.lsr1 import LSR1Matrix
 from lightning_sqn.subproblem.exact import solve_exact
-from lightning_sqn.subproblem.obs import solve_obs, solve_obs_host
+from lightning_sqn.subproblem.obs import solve_obs, solve_obs_projected
 from lightning_sqn.subproblem.result import SubproblemStatus
 
 
@@ -69,18 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     outside, worst_gap, above = 0.0, 0.0, 0
     for k in range(args.problems):
         mat, g, radius = problem(k, gen)
-        f = mat.factors(primal=True)
-        sol = solve_obs_host(
-            f.b0,
-            f.mask,
-            f.gram,
-            f.middle,
-            f.psi_t(mat.memory.project(g).numpy()),
-            float(g @ g),
-            float(radius),
-            mat.memory.n,
-            rank_tol=mat.rank_tol,
-            newton_iters=200,
+        sol = solve_obs_projected(
+            mat, mat.memory.project(g).numpy(), float(g @ g), float(radius), newton_iters=200
         )
         counts[sol.newton_iterations] += 1
         if args.oracle:

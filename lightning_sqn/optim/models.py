@@ -34,7 +34,7 @@ from lightning_sqn.qn.base import LimitedMemoryMatrix
 from lightning_sqn.qn.dense import DenseQuasiNewton
 from lightning_sqn.qn.lsr1 import LSR1Matrix
 from lightning_sqn.subproblem.exact import solve_exact
-from lightning_sqn.subproblem.obs import NEWTON_ITERS, solve_obs_host
+from lightning_sqn.subproblem.obs import NEWTON_ITERS, solve_obs_projected
 from lightning_sqn.subproblem.result import HostTrustRegionStep, SubproblemStatus
 from lightning_sqn.subproblem.steihaug import solve_steihaug
 
@@ -192,18 +192,8 @@ class LimitedMemoryModel(_StagingModel):
         matrix = self.matrix
         if not isinstance(matrix, LSR1Matrix):
             raise TypeError("the trust-region subproblem is solved by OBS, which needs an LSR1Matrix")
-        f = matrix.factors(primal=True)
-        sol = solve_obs_host(
-            f.b0,
-            f.mask,
-            f.gram,
-            f.middle,
-            f.psi_t(self._projection()),
-            self._gg,
-            radius,
-            matrix.memory.n,
-            rank_tol=matrix.rank_tol,
-            newton_iters=self.newton_iters,
+        sol = solve_obs_projected(
+            matrix, self._projection(), self._gg, radius, newton_iters=self.newton_iters
         )
         self._form_step(sol.coef_g, sol.coef)
         return HostTrustRegionStep(

@@ -297,6 +297,30 @@ def solve_obs_host(
     )
 
 
+def solve_obs_projected(
+    matrix: LSR1Matrix,
+    proj_g: np.ndarray,
+    g_norm_sq: float,
+    radius: float,
+    *,
+    newton_iters: int = NEWTON_ITERS,
+) -> HostOBSSolution:
+    """:func:`solve_obs_host` for the matrix's B-form factors, given [S Y]^T g and g^T g (host)."""
+    f = matrix.factors(primal=True)
+    return solve_obs_host(
+        f.b0,
+        f.mask,
+        f.gram,
+        f.middle,
+        f.psi_t(proj_g),
+        g_norm_sq,
+        radius,
+        matrix.memory.n,
+        rank_tol=matrix.rank_tol,
+        newton_iters=newton_iters,
+    )
+
+
 def solve_obs(
     matrix: LSR1Matrix,
     g: Tensor,
@@ -317,20 +341,8 @@ def solve_obs(
         newton_iters: cap on the secular Newton iterations.
     """
     mem = matrix.memory
-    f = matrix.factors(primal=True)
     h = to_host(mem.project(g), g @ g)
-    sol = solve_obs_host(
-        f.b0,
-        f.mask,
-        f.gram,
-        f.middle,
-        f.psi_t(h[:-1]),
-        float(h[-1]),
-        float(radius),
-        mem.n,
-        rank_tol=matrix.rank_tol,
-        newton_iters=newton_iters,
-    )
+    sol = solve_obs_projected(matrix, h[:-1], float(h[-1]), float(radius), newton_iters=newton_iters)
     step = mem.combine(sol.coef, g, beta=sol.coef_g)  # p = c_g g + [S Y] c, one pass over the buffer
     return TrustRegionResult(
         step=step,
@@ -344,4 +356,4 @@ def solve_obs(
     )
 
 
-__all__ = ["NEWTON_ITERS", "HostOBSSolution", "solve_obs", "solve_obs_host"]
+__all__ = ["NEWTON_ITERS", "HostOBSSolution", "solve_obs", "solve_obs_host", "solve_obs_projected"]
