@@ -156,7 +156,6 @@ class TrustRegionStepper(_Stepper):
     ) -> None:
         super().__init__(opt, model, refresh)
         self.policy = policy
-        self.x_trial = opt._flat.new_zeros()
         self.radius = -1.0 if initial_radius is None else float(initial_radius)
 
     def step(self, closure: Closure) -> StepStats:
@@ -168,8 +167,7 @@ class TrustRegionStepper(_Stepper):
         # Delta_0 = ||g_0|| on the first step (a positive fallback if g_0 = 0).
         radius = self.radius if self.radius > 0 else (gnorm if gnorm > 0 else 1.0)
         res = model.solve(radius)
-        torch.add(self.x, model.s, out=self.x_trial)
-        flat.set_params(self.x_trial)
+        flat.step_params(model.s)  # the parameters hold x_k (evaluations and refreshes leave them there)
         f1 = opt._evaluate(closure, self.g_trial)
         if refresh is None:  # y_k for accepted and rejected steps alike (Alg. 1 line 12)
             model.stage_trust_region(self.g_trial, res.sigma)

@@ -236,7 +236,7 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
         #: update v at the next step (first step, warm-up, or the previous step was accepted)
         self._update_v = torch.ones((), dtype=torch.bool, device=flat.device)
         self._steps_taken = 0
-        self._x, self._x_trial = flat.new_zeros(), flat.new_zeros()
+        self._x = flat.new_zeros()
         self._g, self._g_trial = flat.new_zeros(), flat.new_zeros()
 
     # ------------------------------------------------------------ the ellipsoid
@@ -284,7 +284,7 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
             )
         finally:
             self._graph = None  # free the activations before the trial evaluation
-        flat.set_params(torch.add(x, res.step, out=self._x_trial))
+        flat.step_params(res.step)  # the parameters hold x_k
         f1 = self._evaluate(closure, self._g_trial)
         ared = f0 - f1
         rho = policy.rho(ared, res.predicted_reduction)
