@@ -13,10 +13,10 @@ from __future__ import annotations
 import io
 import math
 
-import numpy as np
 import pytest
 import scipy.optimize
 import torch
+from pair_state import assert_state_equal, clone_state
 from pairs import active_pairs
 
 from lightning_sqn.qn.lbfgs import LBFGSMatrix
@@ -65,22 +65,6 @@ def spd(n: int, gen: torch.Generator, lo: float, hi: float) -> torch.Tensor:
     Q, R = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=DTYPE))
     Q = Q * torch.sign(torch.diagonal(R))
     return Q @ torch.diag(torch.logspace(math.log10(lo), math.log10(hi), n, dtype=DTYPE)) @ Q.T
-
-
-def clone_state(mat: LBFGSMatrix) -> dict:
-    mem = mat.memory
-    out: dict = {name: getattr(mem, name).copy() for name in mem._HOST}
-    out.update(SY_buf=mem.SY_buf.clone(), next_serial=mem.next_serial, gamma=mat.gamma)
-    return out
-
-
-def assert_state_equal(mat: LBFGSMatrix, state: dict) -> None:
-    mem = mat.memory
-    for name in mem._HOST:
-        assert np.array_equal(getattr(mem, name), state[name]), name
-    assert torch.equal(mem.SY_buf, state["SY_buf"])
-    assert mem.next_serial == state["next_serial"]
-    assert mat.gamma == state["gamma"]
 
 
 # ---------------------------------------------------------------------------- compact = references

@@ -20,6 +20,7 @@ import pytest
 import scipy.linalg
 import scipy.optimize
 import torch
+from pair_state import assert_state_equal, clone_state
 from pairs import active_pairs
 
 from lightning_sqn.qn.lsr1 import LSR1Matrix
@@ -73,22 +74,6 @@ def quadratic(n: int, gen: torch.Generator, lo: float, hi: float) -> torch.Tenso
 
 def orthogonal_part(v: torch.Tensor, to: torch.Tensor) -> torch.Tensor:
     return v - (v @ to) / (to @ to) * to
-
-
-def clone_state(mat: LSR1Matrix) -> dict:
-    mem = mat.memory
-    out: dict = {name: getattr(mem, name).copy() for name in mem._HOST}
-    out.update(SY_buf=mem.SY_buf.clone(), next_serial=mem.next_serial, gamma=mat.gamma)
-    return out
-
-
-def assert_state_equal(mat: LSR1Matrix, state: dict) -> None:
-    mem = mat.memory
-    for name in mem._HOST:
-        assert np.array_equal(getattr(mem, name), state[name]), name
-    assert torch.equal(mem.SY_buf, state["SY_buf"])
-    assert mem.next_serial == state["next_serial"]
-    assert mat.gamma == state["gamma"]
 
 
 def rejected_pair(mat: LSR1Matrix, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
