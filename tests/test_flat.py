@@ -41,3 +41,19 @@ def test_views_of_a_persistent_buffer_are_made_once() -> None:
     assert count.ops == 2  # one foreach copy each, no split or view
     other = flat.new_zeros()  # a different buffer at another address gets its own views
     assert flat.views(other)[0].data_ptr() == other.data_ptr()
+
+
+def test_step_params_equals_writing_x_plus_s() -> None:
+    """In place x + s on the parameters gives the values of x + s formed in the flat (state-dtype) buffer
+    and then written, also for a bfloat16 parameter (one rounding, from float32)."""
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(3, 4, dtype=torch.bfloat16)), nn.Parameter(torch.randn(5))]
+    flat = FlatParams(params)
+    assert flat.dtype == torch.float32
+    x = flat.gather_params()
+    s = 1e-2 * torch.randn(flat.numel)
+    flat.step_params(s)
+    in_place = [p.detach().clone() for p in params]
+    flat.set_params(x + s)
+    for a, p in zip(in_place, params, strict=True):
+        assert torch.equal(a, p.detach())
