@@ -26,7 +26,7 @@ import torch
 from lightning_sqn.qn.lsr1 import LSR1Matrix
 from lightning_sqn.subproblem.exact import solve_exact
 from lightning_sqn.subproblem.obs import solve_obs, solve_obs_projected
-from lightning_sqn.subproblem.result import SubproblemStatus
+from lightning_sqn.subproblem.result import SolverStatus
 
 
 def log_uniform(lo: float, hi: float, gen: torch.Generator) -> float:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             gap = (m_obs - m_ex) / abs(m_ex) if m_ex != 0 else 0.0
             worst_gap = max(worst_gap, gap)
             above += gap > 1e-8
-        if int(sol.status) == SubproblemStatus.BOUNDARY:  # phi(sigma) = 0 defines sigma only there
+        if int(sol.status) == SolverStatus.BOUNDARY:  # phi(sigma) = 0 defines sigma only there
             boundary += 1
             worst_residual = max(worst_residual, float(sol.residual_phi))
     print("command: python " + " ".join(sys.argv))

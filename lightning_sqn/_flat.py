@@ -65,6 +65,9 @@ class FlatParams:
         self.dtype: torch.dtype = state_dtype(p.dtype for p in params)
         self._views: dict[tuple, tuple[Tensor, list[Tensor]]] = {}
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_views": {}}  # a cache of views, which pickling would turn into copies
+
     def new_zeros(self, *leading: int) -> Tensor:
         """A zero buffer of shape ``(*leading, n)`` in the state dtype on the parameters' device."""
         return torch.zeros(*leading, self.numel, dtype=self.dtype, device=self.device)

@@ -23,6 +23,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lightning_sqn import _checks as checks
+from lightning_sqn._state import check_tensor, require_keys
 from lightning_sqn.distributed.communicator import Communicator
 
 Sampling = Literal["hessian", "gradient"]
@@ -31,14 +33,14 @@ SAMPLINGS: tuple[str, ...] = ("hessian", "gradient")
 
 def check_sampling(num_pairs: Any, sample_radius: Any, sampling: Any) -> None:
     """ValueError for a bad number of pairs, radius or sampling option."""
-    if not isinstance(num_pairs, int) or isinstance(num_pairs, bool) or num_pairs < 1:
-        raise ValueError(f"the number of sampled pairs must be an integer >= 1, got {num_pairs!r}")
-    if not (isinstance(sample_radius, (int, float)) and sample_radius > 0 and sample_radius < float("inf")):
-        raise ValueError(f"sample_radius must be a finite number > 0, got {sample_radius!r}")
-    if sampling not in SAMPLINGS:
-        raise ValueError(
-            f"sampling must be 'hessian' (option II: Y = grad^2 F(w) S, batched Hessian-vector products) "
-            f"or 'gradient' (option I: y_i = grad F(w + sigma_i) - grad F(w)), got {sampling!r}"
+    checks.integer("memory", num_pairs, 1, allowed="an integer >= 1 (the number of sampled pairs)")
+    checks.positive("sample_radius", sample_radius)
+    if not isinstance(sampling, str) or sampling not in SAMPLINGS:
+        checks.fail(
+            "sampling",
+            "'hessian' (option II: Y = grad^2 F(w) S, batched Hessian-vector products) or 'gradient' "
+            "(option I: y_i = grad F(w + sigma_i) - grad F(w))",
+            sampling,
         )
 
 
@@ -92,9 +94,24 @@ class DirectionSampler:
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "seeded": self._seeded}
 
+    def check_state(self, state: Any) -> None:
+        require_keys("direction-sampler", state, ("generator", "seeded"))
+        check_tensor("the sampler's 'generator' state", state["generator"], self.generator.get_state())
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
         self.generator.set_state(state["generator"])
         self._seeded = bool(state["seeded"])
+
+    # transactions (see lightning_sqn._state): the generator's state is a few kB on the host
+    def begin(self) -> dict[str, Any]:
+        return self.state_dict()
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self, token: dict[str, Any]) -> None:
+        self.load_state_dict(token)
 
 
 def sampled_differences(

@@ -21,9 +21,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["ArmijoBacktracking", "LineSearch", "LineSearchResult", "Phi", "StrongWolfe"]
+from lightning_sqn._checks import fail
+
+__all__ = [
+    "ArmijoBacktracking",
+    "LineSearch",
+    "LineSearchResult",
+    "Phi",
+    "StrongWolfe",
+    "resolve_line_search",
+]
 
 #: ``phi(alpha) -> (f(x + alpha d), grad f(x + alpha d)^T d)``.
 Phi = Callable[[float], tuple[float, float]]
@@ -356,3 +365,20 @@ class _StrongWolfeRun:
                 hi = lo
             lo = trial
         return self.exhausted()
+
+
+def resolve_line_search(value: Any, default: Callable[[], LineSearch]) -> LineSearch | None:
+    """The ``line_search`` argument of every optimizer: ``"default"`` gives ``default()`` (the
+    optimizer's paper default), ``None`` no line search (a fixed step), else a line-search object."""
+    if isinstance(value, str) and value == "default":
+        return default()
+    if value is None:
+        return None
+    if not callable(getattr(value, "search", None)):
+        fail(
+            "line_search",
+            "'default', None (a fixed step) or a line-search object such as StrongWolfe() or "
+            "ArmijoBacktracking()",
+            value,
+        )
+    return value

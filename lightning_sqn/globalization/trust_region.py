@@ -25,12 +25,15 @@ The methods take host floats (the optimizers' steppers decide on the host in flo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["TrustRegionPolicy"]
+from lightning_sqn._checks import flag, instance, real
+
+__all__ = ["DEFAULT_POLICY", "TrustRegionPolicy", "check_policy"]
 
 
 def radius_floor(dtype: torch.dtype) -> float:
@@ -57,6 +60,9 @@ class TrustRegionPolicy:
         increase: growth factor (line 21, 2), ``increase > 1``.
         min_radius: lower clamp of the radius, ``>= 0``.
         max_radius: upper clamp of the radius, ``> min_radius`` (may be ``inf``).
+        accept_decrease: also accept a trial point with ``f(x + s) <= f(x)`` whatever ``rho`` (the
+            default of Kohler et al.'s code; ``accept_all_decreasing`` of
+            :class:`~lightning_sqn.TrustRegionNewton`).
 
     Raises:
         ValueError: if the parameters violate ``0 <= eta <= low < high < 1``, ``eta < 1``,
@@ -78,8 +84,15 @@ class TrustRegionPolicy:
     increase: float = 2.0
     min_radius: float = 0.0
     max_radius: float = math.inf
+    #: also accept a trial point that does not increase f, whatever rho (Kohler et al.'s code)
+    accept_decrease: bool = False
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # numbers (e.g. not strings from a config file); max_radius may be inf
+            if f.name == "accept_decrease":
+                flag(f.name, self.accept_decrease)
+            else:
+                real(f.name, getattr(self, f.name), finite=f.name != "max_radius")
         if not 0.0 <= self.eta < 1.0:
             raise ValueError(f"eta must satisfy 0 <= eta < 1 (the paper uses (0, 1e-3)), got {self.eta}")
         if not (self.eta <= self.low < self.high < 1.0 and self.low > 0.0):
@@ -140,6 +153,11 @@ class TrustRegionPolicy:
         """Whether to take the step: ``rho > eta`` (Alg. 1 line 13). ``False`` for NaN."""
         return rho > self.eta
 
+    def accept_step(self, rho: float, actual_reduction: float) -> bool:
+        """Whether the stepper moves to the trial point (host numbers): ``rho > eta``, or with
+        ``accept_decrease`` also ``f(x + s) <= f(x)``."""
+        return bool(self.accept(rho)) or (self.accept_decrease and actual_reduction >= 0.0)
+
     def update_radius(
         self,
         radius: Tensor | float,
@@ -179,3 +197,17 @@ class TrustRegionPolicy:
         shrink = (rho < self.low) | torch.isnan(rho)
         new = torch.where(grow, radius * self.increase, torch.where(shrink, radius * self.decrease, radius))
         return torch.clamp(new, min=max(self.min_radius, radius_floor(new.dtype)), max=self.max_radius)
+
+
+#: the paper's defaults (Ramamurthy & Duffy, Alg. 1), the default of every trust-region optimizer
+DEFAULT_POLICY = TrustRegionPolicy()
+
+
+def check_policy(value: Any) -> TrustRegionPolicy:
+    """The ``trust_region`` argument of the trust-region optimizers: a :class:`TrustRegionPolicy`."""
+    return instance(
+        "trust_region",
+        value,
+        TrustRegionPolicy,
+        "a TrustRegionPolicy (e.g. TrustRegionPolicy(decrease=0.5, increase=2.0))",
+    )

@@ -1,11 +1,13 @@
 """``torch.optim.Optimizer`` subclasses: composition of curvature model and globalization, and bookkeeping."""
 
-from lightning_sqn.optim.base import NonFiniteLossError, QuasiNewtonOptimizer, StepStats
+from lightning_sqn.optim.base import NoLearningRateError, QuasiNewtonOptimizer
 from lightning_sqn.optim.dense import BFGS, SR1
-from lightning_sqn.optim.hessian_free import HessianFree, KrylovExit, LevenbergMarquardt
+from lightning_sqn.optim.evaluation import NonFiniteLossError
+from lightning_sqn.optim.hessian_free import HessianFree, LevenbergMarquardt
 from lightning_sqn.optim.lbfgs import LBFGS
 from lightning_sqn.optim.lsr1 import LSR1
 from lightning_sqn.optim.sampled import SampledLBFGS, SampledLSR1
+from lightning_sqn.optim.stats import StepStats
 from lightning_sqn.optim.trust_region_newton import TrustRegionNewton
 
 __all__ = [
@@ -14,8 +16,8 @@ __all__ = [
     "LSR1",
     "SR1",
     "HessianFree",
-    "KrylovExit",
     "LevenbergMarquardt",
+    "NoLearningRateError",
     "NonFiniteLossError",
     "QuasiNewtonOptimizer",
     "SampledLBFGS",

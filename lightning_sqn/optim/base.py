@@ -1,35 +1,32 @@
 """The closure-driven base of every optimizer in this package: bookkeeping only, no matrix algebra.
 
 :class:`QuasiNewtonOptimizer` turns the parameters of all groups into one flat vector
-(:class:`~lightning_sqn._flat.FlatParams`), evaluates closures, keeps the counters and the
-``last_step`` record, and round-trips its state through ``state_dict()``. Subclasses compose a
-curvature model (:mod:`~lightning_sqn.qn`) with a globalization (:mod:`~lightning_sqn.optim.steppers`).
+(:class:`~lightning_sqn._flat.FlatParams`), runs closures through one
+:class:`~lightning_sqn.optim.evaluation.Evaluation`, keeps the counters and the ``last_step`` record,
+makes every step a transaction over the optimizer's state parts (:mod:`~lightning_sqn._state`),
+and round-trips that state through ``state_dict()`` all-or-nothing. Subclasses compose a curvature
+model (:mod:`~lightning_sqn.qn`) with a globalization (:mod:`~lightning_sqn.optim.steppers`) and
+list their state in :meth:`QuasiNewtonOptimizer._parts`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from lightning_sqn._device import read_to_host
 from lightning_sqn._flat import FlatParams
-from lightning_sqn.curvature.graph import (
-    GRAPH_MISSING,
-    LIGHTNING_STRATEGY_NEEDED,
-    GradientGraph,
-    take_graph_from_grads,
-)
+from lightning_sqn._state import Part, as_number, require_keys
+from lightning_sqn.curvature.graph import LIGHTNING_STRATEGY_NEEDED
 from lightning_sqn.distributed.communicator import Communicator, check_communicator
+from lightning_sqn.optim.evaluation import Closure, Evaluation
 from lightning_sqn.optim.running_stats import RunningStats, running_stat_buffers
-
-Closure = Callable[[], Any]
+from lightning_sqn.optim.stats import Counters, StepStats
 
 CLOSURE_REQUIRED = (
     "{name}.step() needs a closure: a function that clears the gradients, recomputes the loss on the "
@@ -41,116 +38,30 @@ CLOSURE_REQUIRED = (
     "a closure after one evaluation: use precision='32-true', '64-true' or 'bf16-mixed' instead."
 )
 
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient at the current point is NaN or infinite; parameters and memory are unchanged."""
-
-
-@dataclass
-class StepStats:
-    """What one optimizer step did (``optimizer.last_step``).
-
-    Host numbers (the quasi-Newton steppers decide on the host), except ``loss``, a 0-dim tensor on
-    the parameters' device, and fields the Hessian-free family fills with device tensors; ``None``
-    where a method has no such quantity. :meth:`as_dict` converts everything to Python numbers.
-    """
-
-    loss: Tensor  #: f(x_k) on the step's mini-batch
-    closure_evals: int  #: closure evaluations in this step
-    accepted: bool | Tensor  #: whether x moved
-    step_norm: float | Tensor  #: ||s_k|| of the step taken or tried
-    #: whether the pair offered in this step entered the memory: the quasi-Newton steppers offer the
-    #: previous step's pair (s_{k-1}, y_{k-1}) at the start of step k; None when no pair was offered
-    pair_stored: bool | Tensor | None
-    pairs_in_memory: int | Tensor  #: number of pairs after the step
-    trial_loss: float | Tensor | None = None  #: f(x_k + s_k) (trust region) or f at the chosen step length
-    radius: float | Tensor | None = None  #: trust-region radius used for this step
-    next_radius: float | Tensor | None = None  #: radius for the next step
-    rho: float | Tensor | None = None  #: ared / pred
-    predicted_reduction: float | Tensor | None = None
-    actual_reduction: float | Tensor | None = None
-    sigma: float | Tensor | None = None  #: subproblem multiplier
-    #: :class:`~lightning_sqn.subproblem.result.SubproblemStatus`
-    subproblem_status: int | Tensor | None = None
-    eig_min: float | Tensor | None = None  #: smallest known eigenvalue of B_k
-    eig_max: float | Tensor | None = None  #: largest known eigenvalue of B_k
-    num_negative_eigs: int | Tensor | None = None  #: count of negative eigenvalues of B_k (with multiplicity)
-    #: the eigenvalues of B_k the subproblem solver knows, ascending (for L-SR1: the m parallel ones,
-    #: padded, and gamma); a vector, so :meth:`as_dict` leaves it out
-    eigenvalues: np.ndarray | Tensor | None = None
-    pairs_dropped: int | Tensor | None = None  #: pairs removed by rank repair
-    gamma: float | Tensor | None = None  #: B_0 = gamma I after the step
-    step_length: float | None = None  #: line-search alpha
-    line_search_success: bool | None = None
-    line_search_reason: str | None = None
-    fallback_to_gradient: bool | None = None  #: the quasi-Newton direction was not a descent direction
-    pairs_sampled: int | None = None  #: curvature pairs sampled at x_k (sampled quasi-Newton)
-    pairs_kept: int | Tensor | None = None  #: sampled pairs that passed the SR1 / BFGS test
-    hessian_products: int | None = None  #: Hessian-vector products formed in this step
-    #: products with the curvature matrix (GGN or Hessian) formed in this step (Hessian-free, TR Newton)
-    curvature_products: int | None = None
-    damping: float | Tensor | None = None  #: Levenberg-Marquardt lambda used in this step (Hessian-free)
-    cg_iterations: int | None = None  #: (truncated) CG iterations of the step's inner solve
-    #: why the inner CG stopped, a :class:`~lightning_sqn.optim.hessian_free.KrylovExit` code
-    cg_reason: int | None = None
-    backtrack_index: int | None = None  #: CG iteration of the iterate chosen by CG backtracking
-    warmup: bool | None = None  #: a first-order warm-up step (trust-region Newton)
-
-    def as_dict(self) -> dict[str, float | int | bool | str]:
-        out: dict[str, float | int | bool | str] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is None or (isinstance(v, Tensor | np.ndarray) and v.ndim > 0):
-                continue
-            if isinstance(v, Tensor | np.generic):
-                v = v.item()
-            out[f.name] = v
-        return out
+NO_LEARNING_RATE = (
+    "{name} has no learning rate (its steps are sized by a {sizing}), so a learning-rate scheduler "
+    "cannot drive it. Remove the scheduler (in Lightning: return only the optimizer from "
+    "configure_optimizers)."
+)
 
 
-def _count(v: Any) -> int:
-    """A count or flag of a step record as a Python int (reads a device tensor)."""
-    return int(v.item() if isinstance(v, Tensor) else v)
+class NoLearningRateError(MisconfigurationException, KeyError):
+    """A learning rate was asked of an optimizer that has none (e.g. by a learning-rate scheduler)."""
+
+    def __str__(self) -> str:  # KeyError would show the message's repr
+        return str(self.args[0])
 
 
-@dataclass
-class Counters:
-    """Cumulative counts since construction (or since the state was loaded)."""
+class _Group(dict):
+    """A parameter group of an optimizer without a learning rate: reading ``group["lr"]`` (as every
+    torch scheduler does) raises :class:`NoLearningRateError` instead of a bare ``KeyError: 'lr'``."""
 
-    steps: int = 0
-    closure_evals: int = 0
-    accepted_steps: int = 0
-    stored_pairs: int = 0
-    skipped_pairs: int = 0
+    message = NO_LEARNING_RATE
 
-    def record(self, stats: StepStats) -> None:
-        """Add one step."""
-        self.steps += 1
-        self.closure_evals += stats.closure_evals
-        self.accepted_steps += _count(stats.accepted)
-        if stats.pairs_sampled is not None and stats.pairs_kept is not None:  # sampled pairs
-            kept = _count(stats.pairs_kept)
-            self.stored_pairs += kept
-            self.skipped_pairs += stats.pairs_sampled - kept
-        elif stats.pair_stored is not None:
-            stored = _count(stats.pair_stored)
-            self.stored_pairs += stored
-            self.skipped_pairs += 1 - stored
-
-    def state_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def check_state(self, state: Any) -> None:
-        if not isinstance(state, dict) or any(f.name not in state for f in fields(self)):
-            raise ValueError(f"the counters in this state lack some of {[f.name for f in fields(self)]}")
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.check_state(state)
-        for f in fields(self):
-            setattr(self, f.name, _count(state[f.name]))
-
-    def as_dict(self) -> dict[str, int]:
-        return self.state_dict()
+    def __missing__(self, key: Any) -> Any:
+        if key in ("lr", "initial_lr"):
+            raise NoLearningRateError(self.message)
+        raise KeyError(key)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -175,40 +86,90 @@ def _is_lightning_closure(closure: Closure) -> bool:
     return type(obj).__module__.split(".")[0] in ("lightning", "pytorch_lightning")
 
 
+def _is_lightning_step_without_closure(closure: Closure) -> bool:
+    """Whether Lightning's manual optimization called ``optimizer.step()`` without a closure (it then
+    passes its ``do_nothing_closure``, wrapped by the precision plugin)."""
+    obj: Any = closure
+    for _ in range(4):
+        if not isinstance(obj, functools.partial):
+            break
+        for arg in (*obj.args, *obj.keywords.values()):
+            module = getattr(arg, "__module__", "") or ""
+            if getattr(arg, "__name__", "") == "do_nothing_closure" and module.startswith(
+                ("lightning", "pytorch_lightning")
+            ):
+                return True
+        obj = obj.func
+    return False
+
+
 class QuasiNewtonOptimizer(torch.optim.Optimizer):
-    """Base class: one flat parameter vector, closure evaluation, counters and state.
+    """Base class: one flat parameter vector, closure evaluation, transactional steps, counters, state.
 
     Every parameter of every group is part of one vector x; groups may be given (e.g. by code that
     builds them for first-order optimizers) but must not carry options that differ from each other,
-    because one curvature model and one step serve all of them.
+    because one curvature model and one step serve all of them. The options are the constructor's;
+    a group may repeat them, and only ``lr`` (for optimizers that have a learning rate, see
+    :attr:`group_options`) is read from the groups at every step, so learning-rate schedulers work.
+
+    A step is a transaction: if anything raises inside :meth:`step` (the closure, an interrupt, a
+    non-finite loss), the parameters, the state of every part (curvature memory, radius, step length,
+    counters) and the BatchNorm running statistics are as they were before the step, and the exception
+    propagates.
 
     Args:
         params: parameters or parameter groups.
         defaults: the optimizer's options.
     """
 
+    #: options read from ``param_groups`` at every step (``("lr",)`` for optimizers with a step length)
+    group_options: tuple[str, ...] = ()
+    #: what sizes the steps of an optimizer without a learning rate (for the scheduler error)
+    step_sizing: str = "trust region"
+    #: whether :meth:`step` needs Hessian-vector products (a closure evaluation that keeps the graph)
+    needs_graph: bool = False
+
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
         self._check_groups()
+        self._wrap_groups()
         self._flat = FlatParams([p for g in self.param_groups for p in g["params"]])
+        self.evaluation = Evaluation(self._flat, type(self).__name__)
         self.counters = Counters()
         #: the closure computes the same function at every call (full-batch training): f and g at the
         #: point a step ends on are reused as the next step's f(x_k), g(x_k) (set by the subclasses)
         self.full_batch = False
         self.last_step: StepStats | None = None
         self._started = False
-        #: mean of the loss over ranks (set by ``strategy="ddp_sqn"``); ``None`` on a single process
-        self.communicator: Communicator | None = None
-        self._running_stats: RunningStats | None = None
-        #: True while the closure runs for an evaluation whose gradient must keep its autograd graph
-        #: (plain PyTorch closures then call ``loss.backward(create_graph=True)``)
-        self.graph_requested = False
-        #: set by the ``sqn``/``ddp_sqn`` strategies, whose backward hands the graph to :meth:`keep_graph`
-        self.graph_from_strategy = False
-        self._graph: GradientGraph | None = None
 
-    #: whether :meth:`step` needs Hessian-vector products (a closure evaluation that keeps the graph)
-    needs_graph: bool = False
+    # ------------------------------------------------------------ evaluation (see Evaluation)
+    @property
+    def communicator(self) -> Communicator | None:
+        """Mean of the loss over ranks (set by ``strategy="ddp_sqn"``); ``None`` on a single process."""
+        return self.evaluation.communicator
+
+    @communicator.setter
+    def communicator(self, value: Communicator | None) -> None:
+        self.evaluation.communicator = value
+
+    @property
+    def graph_requested(self) -> bool:
+        """True while the closure runs for an evaluation whose gradient must keep its autograd graph
+        (plain PyTorch closures then call ``loss.backward(create_graph=True)``)."""
+        return self.evaluation.graph_requested
+
+    @property
+    def graph_from_strategy(self) -> bool:
+        """Set by the ``sqn``/``ddp_sqn`` strategies, whose backward hands the graph to :meth:`keep_graph`."""
+        return self.evaluation.graph_from_strategy
+
+    @graph_from_strategy.setter
+    def graph_from_strategy(self, value: bool) -> None:
+        self.evaluation.graph_from_strategy = bool(value)
+
+    def keep_graph(self, loss: Tensor) -> None:
+        """Backward for an evaluation that keeps the graph (see :meth:`Evaluation.keep_graph`)."""
+        self.evaluation.keep_graph(loss)
 
     def track_running_stats(self, module: torch.nn.Module) -> None:
         """Advance ``module``'s BatchNorm running statistics once per step, from the accepted point.
@@ -219,13 +180,13 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         :mod:`lightning_sqn.optim.running_stats`.
         """
         buffers = running_stat_buffers(module)
-        self._running_stats = RunningStats(buffers) if buffers else None
+        self.evaluation.running_stats = RunningStats(buffers) if buffers else None
 
     def load_pairs(self, S: Tensor, Y: Tensor) -> Tensor:
         """Replace the curvature memory by the pairs (rows of ``S``, ``Y``), offered in order.
 
         Each pair meets the optimizer's own test (SR1 skip rule with rank repair, BFGS curvature
-        condition) against those kept before it. Returns how many were kept (0-dim tensor). Used by
+        condition) against those kept before it. Returns how many were kept. Used by
         :class:`~lightning_sqn.callbacks.CurvaturePairSampler`.
 
         Raises:
@@ -245,28 +206,53 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ groups
     def _check_groups(self, groups: list[dict[str, Any]] | None = None) -> None:
-        """ValueError if a group (of ``groups``, default ``param_groups``) sets an option differently."""
+        """ValueError if a group (of ``groups``, default ``param_groups``) sets an option differently
+        from the constructor (except the :attr:`group_options`), sets one this optimizer does not have,
+        or differs from another group."""
         groups = self.param_groups if groups is None else groups
+        name = type(self).__name__
         first = groups[0]
+        allowed = set(self.defaults) | {"params"}
+        if "lr" in self.group_options:
+            allowed.add("initial_lr")  # written by torch's learning-rate schedulers
         for i, group in enumerate(groups):
             for key, value in group.items():
+                if key not in allowed:
+                    raise ValueError(
+                        f"{name} has no option {key!r}, but parameter group {i} sets it; its options are "
+                        f"{sorted(self.defaults)}. Remove {key!r} from the group."
+                    )
                 if key == "params":
                     continue
-                if key in self.defaults and not _same(value, self.defaults[key]):
-                    # The options are read from the constructor, never from the groups: a group value
-                    # that differs would be shown in param_groups but silently ignored.
+                if (
+                    key in self.defaults
+                    and key not in self.group_options
+                    and not _same(value, self.defaults[key])
+                ):
+                    # The options are read from the constructor: a group value that differs would be
+                    # shown in param_groups but silently ignored.
                     raise ValueError(
-                        f"{type(self).__name__} reads its options from its constructor, not from parameter "
+                        f"{name} reads its options from its constructor, not from parameter "
                         f"groups: group {i} sets {key}={value!r} but the optimizer was built with "
                         f"{key}={self.defaults[key]!r}. Pass {key}={value!r} to the optimizer instead."
                     )
                 if i > 0 and not _same(value, first.get(key)):
                     raise ValueError(
-                        f"{type(self).__name__} treats all parameters as one vector with one curvature "
+                        f"{name} treats all parameters as one vector with one curvature "
                         f"model, so parameter groups cannot have different options: group {i} sets "
                         f"{key}={value!r} but group 0 has {key}={first.get(key)!r}. Give the option once, "
                         "to the optimizer."
                     )
+
+    def _wrap_groups(self) -> None:
+        """Without a learning rate, groups answer ``group["lr"]`` with :class:`NoLearningRateError`."""
+        if "lr" in self.group_options:
+            return
+        message = NO_LEARNING_RATE.format(name=type(self).__name__, sizing=self.step_sizing)
+        groups = [_Group(g) for g in self.param_groups]
+        for g in groups:
+            g.message = message
+        self.param_groups = groups
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if getattr(self, "_flat", None) is not None:
@@ -277,156 +263,132 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
             )
         super().add_param_group(param_group)
 
-    # ------------------------------------------------------------ closure
-    def keep_graph(self, loss: Tensor) -> None:
-        """Backward for an evaluation that keeps the graph (called by the ``sqn``/``ddp_sqn`` strategies).
-
-        ``torch.autograd.grad`` with ``create_graph=True`` instead of ``loss.backward()``: no
-        parameter/gradient reference cycle, and under DDP (run under ``no_sync``) no reducer hooks.
-        ``p.grad`` receives the detached gradients, so Lightning's hooks see the usual gradients.
-        """
-        params = self._flat.params
-        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = None if g is None else g.detach()
-        self._graph = GradientGraph(grads, params, self.communicator)
-
-    def _evaluate(self, closure: Closure, out: Tensor, create_graph: bool = False) -> Tensor:
-        """Run the closure once with fresh gradients; write g into ``out`` and return f (0-dim, on device).
-
-        ``create_graph``: the gradient must keep its graph; afterwards :attr:`_graph` holds it (a
-        :class:`~lightning_sqn.curvature.graph.GradientGraph`). Such an evaluation bypasses DDP's
-        gradient averaging, so with a communicator its gradient is averaged here.
-        """
-        for p in self._flat.params:
-            p.grad = None
-        if self._running_stats is not None:
-            self._running_stats.before_evaluation()
-        self._graph = None
-        self.graph_requested = create_graph
-        try:
-            with torch.enable_grad():
-                loss = closure()
-        finally:
-            self.graph_requested = False
-        if self._running_stats is not None:
-            self._running_stats.after_evaluation()
-        if loss is None:
-            raise RuntimeError(
-                f"the closure given to {type(self).__name__}.step() returned None; it must return the loss "
-                "(in Lightning: training_step must return the loss, not None, on every batch)"
+    def learning_rate(self) -> float:
+        """The learning rate of this step, read from the groups (a scheduler may have changed it);
+        :class:`NoLearningRateError` for an optimizer without one."""
+        lrs = {float(g["lr"]) for g in self.param_groups}
+        if len(lrs) != 1:
+            raise ValueError(
+                f"{type(self).__name__} treats all parameters as one vector, so every parameter group must "
+                f"have the same lr; the groups have {sorted(lrs)}"
             )
-        if create_graph and self._graph is None:
-            grads = take_graph_from_grads(self._flat.params)
-            if grads is None:
-                raise RuntimeError(GRAPH_MISSING.format(name=type(self).__name__))
-            self._graph = GradientGraph(grads, self._flat.params, self.communicator)
-        self._evals_this_step += 1
-        self._flat.gather_grads(out)
-        if create_graph and self.communicator is not None:
-            out.copy_(self.communicator.all_reduce_mean(out))
-        loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
-        loss = loss.to(device=out.device, dtype=out.dtype)
-        if loss.dim():
-            loss = loss.reshape(())
-        if self.communicator is not None:  # every rank decides from the same (global mean) loss
-            loss = self.communicator.all_reduce_mean(loss)
-        return loss
+        lr = lrs.pop()
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"{type(self).__name__}: lr must be finite and > 0, the groups hold {lr!r}")
+        return lr
 
-    def _check_finite(self, f: float, gg: float) -> None:
-        """Raise :class:`NonFiniteLossError` unless f(x_k) and g^T g are finite (host values).
-
-        g^T g is finite exactly when g is, barring overflow of the sum of squares, which is refused too
-        (NaN means a NaN entry; +inf an infinite entry or an overflow, and the message says both).
-        """
-        if math.isfinite(f) and math.isfinite(gg):
-            return
-        if not math.isfinite(f):
-            what = "loss"
-        elif math.isnan(gg):
-            what = "gradient"
-        else:
-            what = "gradient (an entry is infinite, or its squared norm overflows the parameters' dtype)"
-        raise NonFiniteLossError(
-            f"{type(self).__name__}: the {what} at the current parameters is not finite, so no step can "
-            "be computed. Parameters and curvature memory are unchanged. Check the data, the model's "
-            "initialisation and the loss (e.g. log of zero)."
-        )
-
-    def _check_finite_start(self, f: Tensor, g: Tensor) -> tuple[Tensor, float]:
-        """Raise if f(x_k) or g(x_k) is not finite (one host read); return (g^T g, f(x_k) on the host)."""
-        gg = g @ g
-        f_host, gg_host = read_to_host(f, gg)
-        self._check_finite(f_host, gg_host)
-        return gg, f_host
-
+    # ------------------------------------------------------------ step
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         """Perform one optimization step; returns f(x_k) (the loss before the step).
 
         Args:
             closure: re-evaluates the model and returns the loss (required).
         """
-        if closure is None:
-            raise RuntimeError(CLOSURE_REQUIRED.format(name=type(self).__name__))
+        name = type(self).__name__
+        if closure is None or _is_lightning_step_without_closure(closure):
+            raise RuntimeError(CLOSURE_REQUIRED.format(name=name))
         check_communicator(self, self.communicator)
         if self.needs_graph and not self.graph_from_strategy and _is_lightning_closure(closure):
-            from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-            raise MisconfigurationException(
-                LIGHTNING_STRATEGY_NEEDED.format(name=type(self).__name__, strategy="in use")
-            )
-        self._evals_this_step = 0
-        if self._running_stats is not None:
-            self._running_stats.begin_step()
+            raise MisconfigurationException(LIGHTNING_STRATEGY_NEEDED.format(name=name, strategy="in use"))
+        ev = self.evaluation
+        parts = self._parts()
+        ev.begin_step()
+        tokens = {key: part.begin() for key, part in parts.items()}
         try:
             stats = self._step(closure)
         except BaseException:
-            if self._running_stats is not None:
-                self._running_stats.abort()
+            ev.abort()
+            for key, part in parts.items():
+                part.rollback(tokens[key])
             raise
         finally:
-            self._graph = None  # frees the activations a graph-keeping evaluation saved
+            ev.end_step()
+        for part in parts.values():
+            part.commit()
         self.last_step = stats
         self.counters.record(stats)
         self._started = True
         return stats.loss
 
-    def _step(self, closure: Closure) -> StepStats:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _step(self, closure: Closure) -> StepStats:
+        """One step by the optimizer's stepper (a curvature model under a globalization)."""
+        return self._stepper.step(closure)  # type: ignore[attr-defined]
 
-    def _commit_running_stats(
-        self, accepted: Tensor | bool, if_accepted: int | None, if_rejected: int | None = 0
-    ) -> None:
-        """Steppers call this once per step: which evaluation's statistics to keep (0-based indices;
-        ``None``: those at the start of the step)."""
-        if self._running_stats is not None:
-            self._running_stats.commit(accepted, if_accepted, if_rejected)
+    def _parts(self) -> dict[str, Part]:
+        """The optimizer's state, one :class:`~lightning_sqn._state.Part` per entry: by default the
+        curvature model and the stepper."""
+        return {"matrix": self._model, "stepper": self._stepper}  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------ pickle / deepcopy
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim.Optimizer keeps only defaults, state and param_groups; everything here is state,
+        # except the wrapper a learning-rate scheduler puts on this instance's step (it refers to the
+        # original optimizer; the copy's scheduler wraps the copy again).
+        return {k: v for k, v in self.__dict__.items() if k not in ("step", "_opt_called")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
 
     # ------------------------------------------------------------ state
-    def _extra_state(self) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
+        parts = {key: part.state_dict() for key, part in self._parts().items()}
         sd["state"] = {
-            "sqn": {"counters": self.counters.state_dict(), "started": self._started, **self._extra_state()}
+            "sqn": {
+                "optimizer": type(self).__name__,
+                "counters": self.counters.state_dict(),
+                "started": self._started,
+                **parts,
+            }
         }
         return sd
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = state_dict["state"].get("sqn")
+    def _check_state_dict(self, state_dict: Any) -> dict[str, Any]:
+        """Every check of :meth:`load_state_dict`, before anything changes; returns the 'sqn' entry."""
+        name = type(self).__name__
+        require_keys(f"{name} state_dict", state_dict, ("state", "param_groups"))
+        state = state_dict["state"].get("sqn") if isinstance(state_dict["state"], dict) else None
         if state is None:
+            raise ValueError(f"this state_dict was not written by {name} (no 'sqn' entry in its state)")
+        saved = state.get("optimizer", name)
+        if saved != name:
+            raise ValueError(f"this state_dict was written by {saved}, not {name}; it cannot be loaded")
+        groups = state_dict["param_groups"]
+        if not isinstance(groups, list) or len(groups) != len(self.param_groups):
             raise ValueError(
-                f"this state_dict was not written by {type(self).__name__} (no 'sqn' entry in its state)"
+                f"the state_dict has {len(groups) if isinstance(groups, list) else groups!r} parameter "
+                f"groups, this {name} has {len(self.param_groups)}"
             )
+        for i, (saved_group, group) in enumerate(zip(groups, self.param_groups, strict=True)):
+            if not isinstance(saved_group, dict) or len(saved_group.get("params", ())) != len(
+                group["params"]
+            ):
+                raise ValueError(
+                    f"parameter group {i} of the state_dict does not have this optimizer's parameters"
+                )
         # Saved options that differ from this optimizer's would be shown in param_groups but ignored.
-        self._check_groups(state_dict["param_groups"])
-        stripped = {"state": {}, "param_groups": state_dict["param_groups"]}
-        super().load_state_dict(stripped)
-        self.state.clear()  # our state lives in the flat buffers, not per parameter
+        self._check_groups(groups)
+        self.counters.check_state(state.get("counters"))
+        require_keys(f"{name}", state, ["started", *self._parts()])
+        for key, part in self._parts().items():
+            try:
+                part.check_state(state[key])
+            except ValueError as err:
+                raise ValueError(f"{name} state '{key}': {err}") from None
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state written by :meth:`state_dict` of the same optimizer class and configuration.
+
+        All-or-nothing: everything is checked first (class, parameter groups and their options, the
+        counters, every part's keys and shapes); a mismatch raises a ValueError that names it, and the
+        optimizer is unchanged.
+        """
+        state = self._check_state_dict(state_dict)
+        super().load_state_dict({"state": {}, "param_groups": state_dict["param_groups"]})
+        self._wrap_groups()
+        self.state.clear()  # our state lives in the parts, not per parameter
         self.counters.load_state_dict(state["counters"])
-        self._started = bool(state["started"])
-        self._load_extra_state(state)
+        self._started = as_number(state["started"], bool)
+        for key, part in self._parts().items():
+            part.load_state_dict(state[key])

@@ -7,31 +7,26 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from lightning_sqn.globalization.linesearch import LineSearch, StrongWolfe
-from lightning_sqn.globalization.trust_region import TrustRegionPolicy
-from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
+from lightning_sqn import _checks as checks
+from lightning_sqn.globalization.linesearch import (
+    ArmijoBacktracking,
+    LineSearch,
+    StrongWolfe,
+    resolve_line_search,
+)
+from lightning_sqn.globalization.trust_region import DEFAULT_POLICY, TrustRegionPolicy, check_policy
+from lightning_sqn.optim.base import QuasiNewtonOptimizer
 from lightning_sqn.optim.models import DenseModel
 from lightning_sqn.optim.steppers import LineSearchStepper, TrustRegionStepper
 from lightning_sqn.qn.dense import MAX_DENSE_DIM, DenseBFGS, DenseQuasiNewton, DenseSR1
 
-_DEFAULT = object()
-
 
 class _DenseOptimizer(QuasiNewtonOptimizer):
-    def _setup(self, matrix: DenseQuasiNewton) -> DenseModel:
+    def _setup(self, matrix: DenseQuasiNewton, full_batch: bool) -> DenseModel:
+        self.full_batch = checks.flag("full_batch", full_batch)
         self.matrix = matrix
         self._model = DenseModel(matrix, self._flat.device, self._flat.dtype)
         return self._model
-
-    def _step(self, closure: Closure) -> StepStats:
-        return self._stepper.step(closure)
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"matrix": self._model.state_dict(), "stepper": self._stepper.state_dict()}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self._model.load_state_dict(state["matrix"])
-        self._stepper.load_state_dict(state["stepper"])
 
 
 def _check_size(name: str, n: int) -> None:
@@ -47,32 +42,35 @@ class BFGS(_DenseOptimizer):
     """Dense BFGS (N&W eq. 6.17/6.19) with a line search (strong Wolfe by default).
 
     For models with at most ``MAX_DENSE_DIM`` parameters. gamma ``"auto"`` scales H_0 from the first pair.
-    ``full_batch``: reuse f and g at the accepted point (see :class:`~lightning_sqn.LBFGS`).
+    ``lr`` (the initial trial step) is read from the parameter groups at every step (schedulers act on
+    it). ``full_batch``: reuse f and g at the accepted point (see :class:`~lightning_sqn.LBFGS`).
     """
+
+    group_options = ("lr",)
 
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         *,
-        line_search: LineSearch | object | None = _DEFAULT,
+        line_search: LineSearch | Literal["default"] | None = "default",
         lr: float = 1.0,
         gamma: Literal["auto"] | float = "auto",
         curvature_eps: float = 1e-8,
         full_batch: bool = False,
     ) -> None:
-        if not isinstance(full_batch, bool):
-            raise ValueError(f"full_batch must be True or False, got {full_batch!r}")
+        lr = checks.positive("lr", lr)
+        checks.real("curvature_eps", curvature_eps, lambda v: v >= 0, "a finite number >= 0")
+        search = resolve_line_search(line_search, StrongWolfe)
         super().__init__(params, dict(lr=lr, gamma=gamma, curvature_eps=curvature_eps))
-        self.full_batch = full_batch
         flat = self._flat
         _check_size("BFGS", flat.numel)
         model = self._setup(
             DenseBFGS(
                 flat.numel, dtype=flat.dtype, device=flat.device, gamma=gamma, curvature_eps=curvature_eps
-            )
+            ),
+            full_batch,
         )
-        search = StrongWolfe() if line_search is _DEFAULT else line_search
-        self._stepper = LineSearchStepper(self, model, search, lr=lr)  # type: ignore[arg-type]
+        self._stepper = LineSearchStepper(self, model, search)
 
 
 class SR1(_DenseOptimizer):
@@ -90,28 +88,34 @@ class SR1(_DenseOptimizer):
         *,
         gamma: Literal["auto"] | float = "auto",
         skip_tol: float = 1e-8,
-        trust_region: TrustRegionPolicy | None = None,
+        trust_region: TrustRegionPolicy = DEFAULT_POLICY,
         initial_radius: float | None = None,
-        line_search: LineSearch | object | None = _DEFAULT,
+        line_search: LineSearch | Literal["default"] | None = "default",
         full_batch: bool = False,
     ) -> None:
-        if not isinstance(full_batch, bool):
-            raise ValueError(f"full_batch must be True or False, got {full_batch!r}")
-        if method not in ("trust_region", "line_search"):
-            raise ValueError(f"method must be 'trust_region' or 'line_search', got {method!r}")
+        method = checks.choice("method", method, ("trust_region", "line_search"))
+        checks.real("skip_tol", skip_tol, lambda v: v >= 0, "a finite number >= 0")
+        trust_region = check_policy(trust_region)
+        initial_radius = checks.positive(
+            "initial_radius", initial_radius, none=True, allowed="a finite number > 0 or None (for ||g_0||)"
+        )
+        search = resolve_line_search(line_search, ArmijoBacktracking)
+        if method == "trust_region" and line_search != "default":
+            raise ValueError("line_search is used only with method='line_search'")
+        if method == "line_search" and (trust_region != DEFAULT_POLICY or initial_radius is not None):
+            raise ValueError("trust_region and initial_radius are used only with method='trust_region'")
+        if method == "line_search":
+            self.step_sizing = "line search from the unit quasi-Newton step"
         super().__init__(params, dict(method=method, gamma=gamma, skip_tol=skip_tol))
-        self.full_batch = full_batch
         flat = self._flat
         _check_size("SR1", flat.numel)
         model = self._setup(
-            DenseSR1(flat.numel, dtype=flat.dtype, device=flat.device, gamma=gamma, skip_tol=skip_tol)
+            DenseSR1(flat.numel, dtype=flat.dtype, device=flat.device, gamma=gamma, skip_tol=skip_tol),
+            full_batch,
         )
         if method == "trust_region":
-            self._stepper = TrustRegionStepper(
-                self, model, trust_region or TrustRegionPolicy(), initial_radius
+            self._stepper: TrustRegionStepper | LineSearchStepper = TrustRegionStepper(
+                self, model, trust_region, initial_radius
             )
         else:
-            from lightning_sqn.globalization.linesearch import ArmijoBacktracking
-
-            search = ArmijoBacktracking() if line_search is _DEFAULT else line_search
-            self._stepper = LineSearchStepper(self, model, search, lr=1.0, initial_step="doubling")  # type: ignore[arg-type]
+            self._stepper = LineSearchStepper(self, model, search, initial_step="doubling")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from lightning_sqn import _checks as checks
+from lightning_sqn._state import AttributeState, Part
 from lightning_sqn.curvature.capture import (
     CAPTURE_HINTS,
     CapturedBatch,
@@ -29,29 +30,19 @@ from lightning_sqn.curvature.capture import (
     ggn_matvec,
 )
 from lightning_sqn.curvature.ggn import LOSSES, GGNLoss
-from lightning_sqn.globalization.linesearch import ArmijoBacktracking, LineSearch, LineSearchResult
+from lightning_sqn.globalization.linesearch import (
+    ArmijoBacktracking,
+    LineSearch,
+    LineSearchResult,
+    resolve_line_search,
+)
 from lightning_sqn.krylov.cg import CGResult, ProgressWindow, cg_backtrack, solve_cg
-from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
+from lightning_sqn.optim.base import QuasiNewtonOptimizer
+from lightning_sqn.optim.evaluation import Closure
+from lightning_sqn.optim.stats import StepStats
+from lightning_sqn.subproblem.result import SolverStatus
 
 Curvature = Literal["ggn", "hessian"]
-
-
-class KrylovExit(IntEnum):
-    """Why an inner (truncated) CG run stopped; published as ``last_step.cg_reason`` (a plain int).
-
-    ``KrylovExit(last_step.cg_reason).name`` gives the name.
-    """
-
-    CONVERGED = 0  #: residual test (Hessian-free ``cg_tol``) or the Krylov stopping rule (Steihaug)
-    PROGRESS = 1  #: Martens' relative-progress rule fired
-    CAP = 2  #: the iteration cap was reached
-    NEGATIVE_CURVATURE = 3  #: a direction with p^T B p <= 0
-    BOUNDARY = 4  #: the iterate left the trust region (Steihaug-Toint)
-
-    @classmethod
-    def of(cls, reason: str) -> KrylovExit:
-        """The code of a solver's reason string (``"progress"``, ``"negative_curvature"``, ...)."""
-        return cls[reason.upper()]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,9 +102,9 @@ class LevenbergMarquardt:
         return max(damping, self.min_damping)
 
 
-def _check(name: str, ok: bool, allowed: str, value: Any) -> None:
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+def _martens_line_search() -> ArmijoBacktracking:
+    """The final backtracking line search (Martens & Sutskever 2012 constants, see :class:`HessianFree`)."""
+    return ArmijoBacktracking(c1=1e-2, shrink=0.8, max_evals=20)
 
 
 class HessianFree(QuasiNewtonOptimizer):
@@ -189,7 +180,7 @@ class HessianFree(QuasiNewtonOptimizer):
     ``cg_iterations``).
 
     ``last_step`` publishes ``damping`` (lambda used), ``rho``, ``cg_iterations``, ``cg_reason`` (a
-    :class:`KrylovExit` code), ``backtrack_index`` (CG iteration of the chosen iterate),
+    :class:`SolverStatus` code), ``backtrack_index`` (CG iteration of the chosen iterate),
     ``step_length`` (alpha), ``curvature_products``, ``predicted_reduction`` (``-q(p)``),
     ``actual_reduction`` (``f(x) - f(x + p)``), ``trial_loss`` (f at the point taken or last tried),
     ``accepted``, ``step_norm`` (``||alpha p||``).
@@ -232,6 +223,8 @@ class HessianFree(QuasiNewtonOptimizer):
         opt.step(closure)
     """
 
+    step_sizing = "Levenberg-Marquardt damping and a line search along the CG step"
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -249,37 +242,32 @@ class HessianFree(QuasiNewtonOptimizer):
         line_search: LineSearch | Literal["default"] | None = "default",
         damping_rule: LevenbergMarquardt | None = None,
     ) -> None:
-        _check("curvature", curvature in ("ggn", "hessian"), "'ggn' or 'hessian'", curvature)
-        _check("damping", damping > 0 and math.isfinite(damping), "finite and > 0", damping)
-        if curvature == "ggn" and loss not in LOSSES:
+        curvature = checks.choice("curvature", curvature, ("ggn", "hessian"))
+        damping = checks.positive("damping", damping)
+        if curvature == "ggn" and (not isinstance(loss, str) or loss not in LOSSES):
             raise ValueError(
                 f"curvature='ggn' needs loss= one of {LOSSES} (the loss applied to the watched module's "
                 f"output, mean reduction; it fixes the loss Hessian of the Gauss-Newton matrix), got "
                 f"{loss!r}. Use curvature='hessian' for any other loss."
             )
-        if curvature == "hessian" and loss is not None and loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES} or None, got {loss!r}")
-        _check(
-            "max_cg_iters",
-            isinstance(max_cg_iters, int) and not isinstance(max_cg_iters, bool) and max_cg_iters >= 1,
-            "an int >= 1",
-            max_cg_iters,
+        if loss is not None:
+            loss = checks.choice("loss", loss, LOSSES)
+        max_cg_iters = checks.integer("max_cg_iters", max_cg_iters, 1)
+        cg_eps = checks.positive("cg_eps", cg_eps)
+        cg_tol = checks.real("cg_tol", cg_tol, lambda v: v >= 0, "finite and >= 0")
+        warm_start_decay = checks.real(
+            "warm_start_decay", warm_start_decay, lambda v: 0 <= v <= 1, "in [0, 1]"
         )
-        _check("cg_eps", cg_eps > 0 and math.isfinite(cg_eps), "finite and > 0", cg_eps)
-        _check("cg_tol", cg_tol >= 0 and math.isfinite(cg_tol), "finite and >= 0", cg_tol)
-        _check("warm_start_decay", 0.0 <= warm_start_decay <= 1.0, "in [0, 1]", warm_start_decay)
-        _check("preconditioner", isinstance(preconditioner, bool), "True or False", preconditioner)
-        _check(
-            "preconditioner_exponent",
-            0.0 <= preconditioner_exponent <= 1.0,
-            "in [0, 1]",
-            preconditioner_exponent,
+        preconditioner = checks.flag("preconditioner", preconditioner)
+        preconditioner_exponent = checks.real(
+            "preconditioner_exponent", preconditioner_exponent, lambda v: 0 <= v <= 1, "in [0, 1]"
         )
-        _check(
-            "curvature_batch_fraction",
-            0.0 < curvature_batch_fraction <= 1.0,
-            "in (0, 1]",
-            curvature_batch_fraction,
+        curvature_batch_fraction = checks.real(
+            "curvature_batch_fraction", curvature_batch_fraction, lambda v: 0 < v <= 1, "in (0, 1]"
+        )
+        line_search = resolve_line_search(line_search, _martens_line_search)
+        damping_rule = checks.instance(
+            "damping_rule", damping_rule, LevenbergMarquardt, "a LevenbergMarquardt rule or None", none=True
         )
         if curvature == "hessian" and curvature_batch_fraction < 1.0:
             raise ValueError(
@@ -311,8 +299,6 @@ class HessianFree(QuasiNewtonOptimizer):
         self.preconditioner = preconditioner
         self.preconditioner_exponent = preconditioner_exponent
         self.curvature_batch_fraction = curvature_batch_fraction
-        if line_search == "default":
-            line_search = ArmijoBacktracking(c1=1e-2, shrink=0.8, max_evals=20)
         self.line_search: LineSearch | None = line_search
         self.damping_rule = damping_rule or LevenbergMarquardt()
         self.needs_graph = curvature == "hessian"
@@ -320,8 +306,11 @@ class HessianFree(QuasiNewtonOptimizer):
         self.damping = torch.tensor(float(damping), dtype=flat.dtype, device=flat.device)
         self._p_prev = flat.new_zeros()  # the previous CG run's last iterate (warm start)
         self._has_prev = False
-        self._x, self._g, self._g_trial = flat.new_zeros(), flat.new_zeros(), flat.new_zeros()
+        self._g, self._g_trial = flat.new_zeros(), flat.new_zeros()
         self._capture: ForwardCapture | None = None
+        self._state = AttributeState(
+            self, {"damping": "damping", "p_prev": "_p_prev", "has_prev": "_has_prev"}, "HessianFree"
+        )
 
     # ------------------------------------------------------------ watched module
     def watch_module(self, module: nn.Module) -> None:
@@ -349,7 +338,7 @@ class HessianFree(QuasiNewtonOptimizer):
     def _curvature_products(self, batch: CapturedBatch | None, fmod: FunctionalModule | None) -> Callable:
         """``v -> B v`` (undamped) at x_k, averaged over ranks."""
         if self.curvature == "hessian":
-            graph = self._graph
+            graph = self.evaluation.graph
             if graph is None:  # pragma: no cover - _evaluate raises first
                 raise RuntimeError("the evaluation at x_k did not keep its graph")
             return graph.hvp
@@ -403,28 +392,28 @@ class HessianFree(QuasiNewtonOptimizer):
 
     # ------------------------------------------------------------ step
     def _step(self, closure: Closure) -> StepStats:
-        flat = self._flat
         capture = self._capture
         if self._needs_capture() and capture is None:
             raise CaptureError(
                 f"{type(self).__name__}(curvature={self.curvature!r}, preconditioner={self.preconditioner}) "
                 f"needs the network's input and output at x_k, but no module is watched. {CAPTURE_HINTS}"
             )
-        x = flat.gather_params(self._x)
+        ev = self.evaluation
+        x = ev.x
         g = self._g
         if capture is not None and self._needs_capture():
             capture.arm()
         try:
-            f0_t = self._evaluate(closure, g, create_graph=self.curvature == "hessian")
+            f0_t = ev(closure, g, create_graph=self.curvature == "hessian")
         finally:
             if capture is not None:
                 capture.disarm()
         try:
-            self._check_finite_start(f0_t, g)
+            ev.check_finite_start(f0_t, g)
             lam = float(self.damping)
             res, warm = self._solve(g, lam)
         finally:
-            self._graph = None  # free the activations before the trial evaluations
+            ev.graph = None  # free the activations before the trial evaluations
             if capture is not None:
                 capture.clear()
         self._p_prev.copy_(res.x)
@@ -443,14 +432,14 @@ class HessianFree(QuasiNewtonOptimizer):
 
         def evaluate_at(direction: Tensor, alpha: float) -> tuple[float, float]:
             flat.set_params(torch.add(x, direction, alpha=alpha))
-            f = float(self._evaluate(closure, g_trial))
+            f = float(self.evaluation(closure, g_trial))
             return f, float(g_trial @ direction)
 
         def objective(p: Tensor) -> float:  # f(x + p) of a stored CG iterate
             if cold_zero and p is res.iterates[0][1]:
                 return f0  # p = 0: no evaluation needed
             f, dphi = evaluate_at(p, 1.0)
-            evaluated[id(p)] = (f, dphi, self._evals_this_step - 1)
+            evaluated[id(p)] = (f, dphi, self.evaluation.count - 1)
             return f
 
         position, f_p = cg_backtrack(res.iterates, objective)
@@ -474,7 +463,7 @@ class HessianFree(QuasiNewtonOptimizer):
                         f, dphi, _ = evaluated[id(p)]
                         return f, dphi
                     f, dphi = evaluate_at(p, a)
-                    at[a] = self._evals_this_step - 1
+                    at[a] = self.evaluation.count - 1
                     return f, dphi
 
                 ls = self.line_search.search(phi, f0, dphi0, 1.0)
@@ -483,7 +472,7 @@ class HessianFree(QuasiNewtonOptimizer):
                     eval_index = at[alpha]
         accepted = alpha > 0.0
         flat.set_params(torch.add(x, p, alpha=alpha) if accepted else x)
-        self._commit_running_stats(accepted, if_accepted=eval_index, if_rejected=0)
+        self.evaluation.commit_running_stats(accepted, if_accepted=eval_index, if_rejected=0)
         self.damping.fill_(next_lam)
         return self._stats(f0_t, f0, f_p, f_trial, q_p, rho, lam, alpha, p, res, i_chosen, ls)
 
@@ -511,7 +500,7 @@ class HessianFree(QuasiNewtonOptimizer):
 
         return StepStats(
             loss=f0_t,
-            closure_evals=self._evals_this_step,
+            closure_evals=self.evaluation.count,
             accepted=t(alpha > 0.0),
             step_norm=torch.linalg.vector_norm(p).mul(alpha),
             pair_stored=None,
@@ -527,18 +516,13 @@ class HessianFree(QuasiNewtonOptimizer):
             curvature_products=res.matvecs,
             damping=t(lam),
             cg_iterations=res.iterations,
-            cg_reason=int(KrylovExit.of(res.reason)),
+            cg_reason=int(SolverStatus.of(res.reason)),
             backtrack_index=i_chosen,
         )
 
     # ------------------------------------------------------------ state
-    def _extra_state(self) -> dict[str, Any]:
-        return {"damping": self.damping, "p_prev": self._p_prev, "has_prev": self._has_prev}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.damping.copy_(state["damping"].to(self.damping))
-        self._p_prev.copy_(state["p_prev"].to(self._p_prev))
-        self._has_prev = bool(state["has_prev"])
+    def _parts(self) -> dict[str, Part]:
+        return {"hessian_free": self._state}
 
 
-__all__ = ["HessianFree", "KrylovExit", "LevenbergMarquardt"]
+__all__ = ["HessianFree", "LevenbergMarquardt"]

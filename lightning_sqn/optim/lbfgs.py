@@ -7,13 +7,14 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from lightning_sqn.globalization.linesearch import LineSearch, StrongWolfe
-from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
+from lightning_sqn import _checks as checks
+from lightning_sqn.globalization.linesearch import LineSearch, StrongWolfe, resolve_line_search
+from lightning_sqn.optim.base import QuasiNewtonOptimizer
+from lightning_sqn.optim.evaluation import Closure
 from lightning_sqn.optim.models import LimitedMemoryModel
+from lightning_sqn.optim.stats import StepStats
 from lightning_sqn.optim.steppers import LineSearchStepper
 from lightning_sqn.qn.lbfgs import LBFGSMatrix
-
-_DEFAULT = object()
 
 
 class LBFGS(QuasiNewtonOptimizer):
@@ -29,8 +30,10 @@ class LBFGS(QuasiNewtonOptimizer):
         params: parameters or groups (one flat vector).
         memory: m, pairs kept.
         forget_every: clear the memory every k steps (``None``: never).
-        line_search: a line-search object (default :class:`StrongWolfe`), or ``None`` for fixed steps.
-        lr: initial trial step (and the fixed step without line search).
+        line_search: ``"default"`` (:class:`StrongWolfe`), a line-search object, or ``None`` for fixed
+            steps.
+        lr: initial trial step (and the fixed step without line search); read from the parameter
+            groups at every step, so learning-rate schedulers act on it.
         gamma: ``"scaled"`` (y^T y / s^T y, N&W eq. 7.20) or a constant > 0.
         curvature_eps: eps of the curvature condition.
         full_batch: the closure computes the same function at every call (deterministic full-batch
@@ -39,28 +42,32 @@ class LBFGS(QuasiNewtonOptimizer):
             Default False, the mini-batch setting of the papers, where each step sees a new batch.
     """
 
+    group_options = ("lr",)
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         memory: int = 5,
         forget_every: int | None = None,
         *,
-        line_search: LineSearch | object | None = _DEFAULT,
+        line_search: LineSearch | Literal["default"] | None = "default",
         lr: float = 1.0,
         gamma: Literal["scaled"] | float = "scaled",
         curvature_eps: float = 1e-8,
         full_batch: bool = False,
     ) -> None:
-        if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
-            raise ValueError(f"memory must be an integer >= 1, got {memory!r}")
-        if forget_every is not None and (not isinstance(forget_every, int) or forget_every < 1):
-            raise ValueError(
-                f"forget_every must be None or an integer >= 1 (steps between resets), got {forget_every!r}"
-            )
-        if not isinstance(full_batch, bool):
-            raise ValueError(f"full_batch must be True or False, got {full_batch!r}")
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
+        memory = checks.integer("memory", memory, 1)
+        forget_every = checks.integer(
+            "forget_every",
+            forget_every,
+            1,
+            none=True,
+            allowed="None or an integer >= 1 (steps between resets)",
+        )
+        full_batch = checks.flag("full_batch", full_batch)
+        lr = checks.positive("lr", lr)
+        checks.real("curvature_eps", curvature_eps, lambda v: v >= 0, "a finite number >= 0")
+        search = resolve_line_search(line_search, StrongWolfe)
         defaults = dict(
             memory=memory, forget_every=forget_every, lr=lr, gamma=gamma, curvature_eps=curvature_eps
         )
@@ -78,17 +85,9 @@ class LBFGS(QuasiNewtonOptimizer):
         self.forget_every = forget_every
         self.full_batch = full_batch
         self._model = LimitedMemoryModel(self.matrix)
-        search = StrongWolfe() if line_search is _DEFAULT else line_search
-        self._stepper = LineSearchStepper(self, self._model, search, lr=lr)  # type: ignore[arg-type]
+        self._stepper = LineSearchStepper(self, self._model, search)
 
     def _step(self, closure: Closure) -> StepStats:
         k = self.counters.steps
         forget = self.forget_every is not None and k > 0 and k % self.forget_every == 0
         return self._stepper.step(closure, forget=forget)
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"matrix": self._model.state_dict(), "stepper": self._stepper.state_dict()}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self._model.load_state_dict(state["matrix"])
-        self._stepper.load_state_dict(state["stepper"])

@@ -7,9 +7,10 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from lightning_sqn.globalization.linesearch import ArmijoBacktracking, LineSearch
-from lightning_sqn.globalization.trust_region import TrustRegionPolicy
-from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
+from lightning_sqn import _checks as checks
+from lightning_sqn.globalization.linesearch import ArmijoBacktracking, LineSearch, resolve_line_search
+from lightning_sqn.globalization.trust_region import DEFAULT_POLICY, TrustRegionPolicy, check_policy
+from lightning_sqn.optim.base import QuasiNewtonOptimizer
 from lightning_sqn.optim.models import LimitedMemoryModel
 from lightning_sqn.optim.steppers import LineSearchStepper, TrustRegionStepper
 from lightning_sqn.qn.lsr1 import GammaChoice, LSR1Matrix
@@ -42,7 +43,8 @@ class LSR1(QuasiNewtonOptimizer):
         rank_tol: rank threshold of the repair loop (Alg. 1 lines 31-39) and of OBS.
         trust_region: acceptance and radius parameters (paper defaults).
         initial_radius: Delta_0; ``None`` for ||g(x_0)||.
-        line_search: line-search object for ``method="line_search"`` (default Armijo backtracking).
+        line_search: for ``method="line_search"``: ``"default"`` (Armijo backtracking), a line-search
+            object, or ``None`` for the fixed unit step.
         newton_iters: cap on the Newton iterations on the OBS secular equation (default
             :data:`~lightning_sqn.subproblem.obs.NEWTON_ITERS` = 12).
         full_batch: the closure computes the same function at every call (deterministic full-batch
@@ -50,6 +52,8 @@ class LSR1(QuasiNewtonOptimizer):
             reused as the next step's f(x_k), g(x_k), so an iteration costs one evaluation fewer.
             Default False, the mini-batch setting of the papers, where each step sees a new batch.
     """
+
+    group_options = ()
 
     def __init__(
         self,
@@ -61,29 +65,30 @@ class LSR1(QuasiNewtonOptimizer):
         gamma_init: float = 1.0,
         skip_tol: float = 1e-8,
         rank_tol: float | None = None,
-        trust_region: TrustRegionPolicy | None = None,
+        trust_region: TrustRegionPolicy = DEFAULT_POLICY,
         initial_radius: float | None = None,
-        line_search: LineSearch | None = None,
+        line_search: LineSearch | Literal["default"] | None = "default",
         newton_iters: int = NEWTON_ITERS,
         full_batch: bool = False,
     ) -> None:
-        if method not in ("trust_region", "line_search"):
-            raise ValueError(
-                f"method must be 'trust_region' (Alg. 1) or 'line_search' (Alg. 2), got {method!r}"
-            )
-        if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
-            raise ValueError(f"memory must be an integer >= 1 (the paper uses 5), got {memory!r}")
-        if initial_radius is not None and not initial_radius > 0:
-            raise ValueError(f"initial_radius must be > 0 or None (for ||g_0||), got {initial_radius!r}")
-        if not isinstance(newton_iters, int) or newton_iters < 1:
-            raise ValueError(f"newton_iters must be an integer >= 1, got {newton_iters!r}")
-        if not isinstance(full_batch, bool):
-            raise ValueError(f"full_batch must be True or False, got {full_batch!r}")
-        if method == "trust_region" and line_search is not None:
+        method = checks.choice("method", method, ("trust_region", "line_search"))
+        memory = checks.integer("memory", memory, 1, allowed="an integer >= 1 (the paper uses 5)")
+        checks.real("skip_tol", skip_tol, lambda v: v >= 0, "a finite number >= 0")
+        rank_tol = checks.positive("rank_tol", rank_tol, none=True)
+        trust_region = check_policy(trust_region)
+        initial_radius = checks.positive(
+            "initial_radius", initial_radius, none=True, allowed="a finite number > 0 or None (for ||g_0||)"
+        )
+        newton_iters = checks.integer("newton_iters", newton_iters, 1)
+        full_batch = checks.flag("full_batch", full_batch)
+        if method == "trust_region" and line_search != "default":
             raise ValueError("line_search is used only with method='line_search'")
-        if method == "line_search" and (trust_region is not None or initial_radius is not None):
+        if method == "line_search" and (trust_region != DEFAULT_POLICY or initial_radius is not None):
             raise ValueError("trust_region and initial_radius are used only with method='trust_region'")
+        search = resolve_line_search(line_search, ArmijoBacktracking)
         defaults = dict(memory=memory, method=method, gamma=gamma, gamma_init=gamma_init, skip_tol=skip_tol)
+        if method == "line_search":
+            self.step_sizing = "line search from the unit quasi-Newton step"
         super().__init__(params, defaults)
         flat = self._flat
         matrix = LSR1Matrix(
@@ -103,19 +108,7 @@ class LSR1(QuasiNewtonOptimizer):
         self._model = LimitedMemoryModel(matrix, newton_iters)
         if method == "trust_region":
             self._stepper: TrustRegionStepper | LineSearchStepper = TrustRegionStepper(
-                self, self._model, trust_region or TrustRegionPolicy(), initial_radius
+                self, self._model, trust_region, initial_radius
             )
         else:
-            self._stepper = LineSearchStepper(
-                self, self._model, line_search or ArmijoBacktracking(), lr=1.0, initial_step="doubling"
-            )
-
-    def _step(self, closure: Closure) -> StepStats:
-        return self._stepper.step(closure)
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"matrix": self._model.state_dict(), "stepper": self._stepper.state_dict()}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self._model.load_state_dict(state["matrix"])
-        self._stepper.load_state_dict(state["stepper"])
+            self._stepper = LineSearchStepper(self, self._model, search, initial_step="doubling")

@@ -35,8 +35,7 @@ from lightning_sqn.qn.dense import DenseQuasiNewton
 from lightning_sqn.qn.lsr1 import LSR1Matrix
 from lightning_sqn.subproblem.exact import solve_exact
 from lightning_sqn.subproblem.obs import NEWTON_ITERS, solve_obs_projected
-from lightning_sqn.subproblem.result import HostTrustRegionStep, SubproblemStatus
-from lightning_sqn.subproblem.steihaug import solve_steihaug
+from lightning_sqn.subproblem.result import HostTrustRegionStep
 
 _G, _Y, _S, _R = 0, 1, 2, 3  # rows of the work buffer: g first (see PairMemory.combine_work)
 
@@ -54,6 +53,23 @@ class _StagingModel:
         self.staged = False  #: a pair (s, y) waits in the work rows to be offered
         self._gg = 0.0
 
+    def __getstate__(self) -> dict:
+        # views are rebuilt on unpickling (pickle would turn them into copies)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_rows", "_restage", "work")} | {
+            "_own_work": None if self._shares_work() else self.work
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        own = state.pop("_own_work")
+        self.__dict__.update(state)
+        self.work = self.matrix.memory.work if own is None else own
+        self._rows = self.work.unbind(0)
+        self._restage = None
+
+    def _shares_work(self) -> bool:
+        """Whether the work rows are the pair memory's (limited memory) rather than the model's own."""
+        return False
+
     @property
     def g(self) -> Tensor:
         return self._rows[_G]
@@ -64,6 +80,9 @@ class _StagingModel:
 
     def gamma(self) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def conclude(self, accepted: bool) -> None:
+        """The trust-region step's decision: nothing to do (the pair is staged either way)."""
 
     def gradient_direction(self) -> tuple[float, float]:
         """d = -g / gamma into :attr:`s` (the fallback when -H g is not a descent direction)."""
@@ -79,7 +98,9 @@ class _StagingModel:
 
     def _staged_state(self) -> dict:
         """The staged pair: every row after g (which is scratch)."""
-        return {"staged": self.staged, "staged_rows": self.work[_G + 1 :]}
+        rows = self.work[_G + 1 :]
+        # without a staged pair the rows are scratch: saved as zeros, so equal states compare equal
+        return {"staged": self.staged, "staged_rows": rows if self.staged else torch.zeros_like(rows)}
 
     def _check_staged_state(self, state: dict) -> None:
         rows = state.get("staged_rows") if isinstance(state, dict) else None
@@ -92,6 +113,9 @@ class _StagingModel:
     def _load_staged_state(self, state: dict) -> None:
         self.work[_G + 1 :].copy_(state["staged_rows"].to(self.work))
         self.staged = bool(state["staged"])
+
+    def commit(self) -> None:
+        self.matrix.commit()
 
 
 class LimitedMemoryModel(_StagingModel):
@@ -126,6 +150,10 @@ class LimitedMemoryModel(_StagingModel):
             self._dots += ((_S, _R), (_R, _R))
         #: s (or d) = coef_g g + [S Y] coef, with [S Y]^T g at the time: (coef_g, coef, [S Y]^T g)
         self._step_coef: tuple[float, np.ndarray, np.ndarray] | None = None
+        self._restage: Tensor | None = None
+
+    def _shares_work(self) -> bool:
+        return True
 
     # ------------------------------------------------------------------ phase 1
     def gather(self, f: Tensor) -> Tensor:
@@ -168,6 +196,9 @@ class LimitedMemoryModel(_StagingModel):
             )
             if stored:  # the new pair's products with g (its slot held the evicted pair's)
                 proj_g[slot], proj_g[mem.m + slot] = dot[_G, _S], dot[_G, _Y]
+            # This step overwrites the s row; a rollback re-stages the pair from its memory slot or,
+            # for a refused pair (rare), from a copy.
+            self._restage = mem.slot_s(slot) if stored else self.s.clone()
         self._proj_g = proj_g
         return stored, dropped
 
@@ -230,6 +261,18 @@ class LimitedMemoryModel(_StagingModel):
         self._step_coef = (alpha * coef_g, alpha * coef, proj)
         super().stage_line_search(g_trial, alpha)
 
+    # ------------------------------------------------------------------ transactions
+    def begin(self) -> tuple:
+        self._restage = None
+        return self.matrix.begin(), self.staged, self._step_coef, self._proj_g, self._gg
+
+    def rollback(self, token: tuple) -> None:
+        matrix, self.staged, self._step_coef, self._proj_g, self._gg = token
+        if self._restage is not None:  # before the memory's journal restores the slot
+            self.s.copy_(self._restage)
+            self._restage = None
+        self.matrix.rollback(matrix)
+
     # ------------------------------------------------------------------ memory
     def load_pairs(self, S: Tensor, Y: Tensor) -> int:
         """Forget the memory, then offer the pairs (rows of S, Y) in order; return how many were kept.
@@ -278,48 +321,6 @@ class LimitedMemoryModel(_StagingModel):
             v = state["staged_coef"].numpy(force=True).astype(np.float64)
             m2 = 2 * self.matrix.m
             self._step_coef = (float(v[0]), v[1 : 1 + m2].copy(), v[1 + m2 :].copy())
-
-
-class SteihaugModel(LimitedMemoryModel):
-    """An :class:`LSR1Matrix` whose trust-region subproblem is solved by Steihaug-Toint truncated CG.
-
-    Products B v come from the compact form (two passes over the pair buffer and a read each). B =
-    gamma I plus a rank-<= m term has at most m + 1 distinct eigenvalues, so CG ends within m + 1
-    iterations in exact arithmetic; the cap defaults to 2 (m + 1). The result carries sigma = 0 and no
-    eigenvalues (CG does not know them); the truncated step does not satisfy (B + sigma I) s = -g, so
-    this model serves only methods that do not offer the step's own pair (sampled L-SR1).
-    """
-
-    def __init__(
-        self, matrix: LSR1Matrix, kappa: float = 0.1, theta: float = 0.5, max_iters: int | None = None
-    ) -> None:
-        super().__init__(matrix)
-        self.kappa, self.theta = kappa, theta
-        self.max_iters = 2 * (matrix.m + 1) if max_iters is None else max_iters
-        self.last_iterations = 0
-
-    def solve(self, radius: float) -> HostTrustRegionStep:
-        g = self.g
-        res = solve_steihaug(
-            self.matrix.mv,
-            g,
-            torch.full((), radius, dtype=g.dtype, device=g.device),
-            kappa=self.kappa,
-            theta=self.theta,
-            max_iters=self.max_iters,
-        )
-        self.last_iterations = res.iterations
-        status = {
-            "converged": SubproblemStatus.INTERIOR,
-            "boundary": SubproblemStatus.BOUNDARY,
-            "negative_curvature": SubproblemStatus.NEGATIVE_CURVATURE,
-            "cap": SubproblemStatus.CAP,
-        }[res.reason]
-        self.s.copy_(res.step)
-        pred, norm = to_host(res.predicted_reduction, res.step_norm)
-        return HostTrustRegionStep(
-            sigma=0.0, predicted_reduction=float(pred), step_norm=float(norm), status=int(status)
-        )
 
 
 class DenseModel(_StagingModel):
@@ -386,11 +387,25 @@ class DenseModel(_StagingModel):
 
     def check_state(self, state: dict) -> None:
         self._check_staged_state(state)
+        self.matrix.check_state(self._matrix_state(state))
+
+    @staticmethod
+    def _matrix_state(state: dict) -> dict:
+        return {k: v for k, v in state.items() if k not in ("staged", "staged_rows")}
 
     def load_state_dict(self, state: dict) -> None:
         self.check_state(state)
-        self.matrix.load_state_dict({k: v for k, v in state.items() if k not in ("staged", "staged_rows")})
+        self.matrix.load_state_dict(self._matrix_state(state))
         self._load_staged_state(state)
 
+    def begin(self) -> tuple:
+        """The matrix by reference, the staged flag and a copy of the (tiny) work rows."""
+        return self.matrix.begin(), self.staged, self.work.clone()
 
-__all__ = ["DenseModel", "LimitedMemoryModel", "SteihaugModel"]
+    def rollback(self, token: tuple) -> None:
+        matrix, self.staged, work = token
+        self.work.copy_(work)
+        self.matrix.rollback(matrix)
+
+
+__all__ = ["DenseModel", "LimitedMemoryModel"]

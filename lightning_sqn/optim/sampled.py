@@ -19,11 +19,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lightning_sqn import _checks as checks
+from lightning_sqn._state import Part
 from lightning_sqn.curvature.sampling import DirectionSampler, Sampling, check_sampling, sampled_differences
-from lightning_sqn.globalization.linesearch import LineSearch, StrongWolfe
-from lightning_sqn.globalization.trust_region import TrustRegionPolicy
-from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
-from lightning_sqn.optim.models import LimitedMemoryModel, SteihaugModel
+from lightning_sqn.globalization.linesearch import LineSearch, StrongWolfe, resolve_line_search
+from lightning_sqn.globalization.trust_region import DEFAULT_POLICY, TrustRegionPolicy, check_policy
+from lightning_sqn.optim.base import QuasiNewtonOptimizer
+from lightning_sqn.optim.evaluation import Closure, Evaluation
+from lightning_sqn.optim.krylov_models import SteihaugModel
+from lightning_sqn.optim.models import LimitedMemoryModel
+from lightning_sqn.optim.stats import StepStats
 from lightning_sqn.optim.steppers import LineSearchStepper, TrustRegionStepper
 from lightning_sqn.qn.lbfgs import LBFGSMatrix
 from lightning_sqn.qn.lsr1 import GammaChoice, LSR1Matrix
@@ -34,7 +39,7 @@ class SampledPairs:
     """The pair refresh of both methods (Berahas et al. Alg. 1), as a stepper's ``refresh`` hook.
 
     Args:
-        opt: the optimizer (closure evaluation, flat parameters, the kept graph, communicator).
+        ev: the optimizer's closure evaluation (flat parameters, the kept graph, communicator).
         model: the limited-memory model whose pairs are replaced.
         sampler: draws the directions S.
         sampling: ``"hessian"`` (option II) or ``"gradient"`` (option I).
@@ -42,30 +47,30 @@ class SampledPairs:
 
     def __init__(
         self,
-        opt: QuasiNewtonOptimizer,
+        ev: Evaluation,
         model: LimitedMemoryModel,
         sampler: DirectionSampler,
         sampling: Sampling,
     ) -> None:
-        self.opt = opt
+        self.ev = ev
         self.model = model
         self.sampler = sampler
         self.sampling = sampling
         self.needs_graph = sampling == "hessian"
-        self._g_sample = opt._flat.new_zeros() if sampling == "gradient" else None
+        self._g_sample = ev.flat.new_zeros() if sampling == "gradient" else None
         self._last: tuple[int, Tensor, int] | None = None
 
     def sample(self, closure: Closure, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         """(S, Y) at x: directions and differences (rows). Option II uses the graph of the evaluation at x."""
-        opt, flat = self.opt, self.opt._flat
+        ev, flat = self.ev, self.ev.flat
         # only parameters that have a gradient at x are perturbed (an unused parameter stays put)
-        S = self.sampler.sample(flat.numel, flat.dtype, flat.device, opt.communicator, flat.grad_mask())
+        S = self.sampler.sample(flat.numel, flat.dtype, flat.device, ev.communicator, flat.grad_mask())
         if self.sampling == "hessian":
-            graph = opt._graph
+            graph = ev.graph
             if graph is None:
                 raise RuntimeError("option II needs the evaluation at x_k to keep its graph")
             Y = sampled_differences(S, "hessian", hvp=graph.hvp)
-            opt._graph = None  # free the saved activations before the trial evaluation
+            ev.graph = None  # free the saved activations before the trial evaluation
             return S, Y
 
         g_sample = self._g_sample
@@ -73,7 +78,7 @@ class SampledPairs:
 
         def gradient_at(sigma: Tensor) -> Tensor:
             flat.set_params(torch.add(x, sigma))
-            opt._evaluate(closure, g_sample)
+            ev(closure, g_sample)
             return g_sample
 
         try:
@@ -102,8 +107,7 @@ class _SampledBase(QuasiNewtonOptimizer):
     def _make_refresh(
         self, memory: int, sample_radius: float, sampling: Sampling, seed: int | None, full_batch: bool
     ) -> SampledPairs:
-        if not isinstance(full_batch, bool):
-            raise ValueError(f"full_batch must be True or False, got {full_batch!r}")
+        full_batch = checks.flag("full_batch", full_batch)
         if full_batch and sampling == "hessian":
             raise ValueError(
                 "full_batch=True reuses f and g at the accepted point, but sampling='hessian' needs the "
@@ -113,7 +117,7 @@ class _SampledBase(QuasiNewtonOptimizer):
         self.full_batch = full_batch
         self.needs_graph = sampling == "hessian"
         self._sampler = DirectionSampler(memory, sample_radius, self._flat.device, seed)
-        self._refresh = SampledPairs(self, self._model, self._sampler, sampling)
+        self._refresh = SampledPairs(self.evaluation, self._model, self._sampler, sampling)
         return self._refresh
 
     def sample_pairs(self, closure: Closure) -> tuple[Tensor, Tensor]:
@@ -122,30 +126,18 @@ class _SampledBase(QuasiNewtonOptimizer):
         Evaluates the closure at x (keeping the graph for option II) and, for option I, at the m
         sampled points; the parameters are left at x. Advances the direction generator.
         """
-        flat = self._flat
+        flat, ev = self._flat, self.evaluation
         x = flat.gather_params()
         g = flat.new_zeros()
-        self._evals_this_step = 0
         try:
-            self._evaluate(closure, g, create_graph=self.needs_graph)
+            ev(closure, g, create_graph=self.needs_graph)
             return self._refresh.sample(closure, x, g)
         finally:
-            self._graph = None
+            ev.end_step()
+            flat.set_params(x)
 
-    def _step(self, closure: Closure) -> StepStats:
-        return self._stepper.step(closure)
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {
-            "matrix": self._model.state_dict(),
-            "stepper": self._stepper.state_dict(),
-            "sampler": self._sampler.state_dict(),
-        }
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self._model.load_state_dict(state["matrix"])
-        self._stepper.load_state_dict(state["stepper"])
-        self._sampler.load_state_dict(state["sampler"])
+    def _parts(self) -> dict[str, Part]:
+        return {**super()._parts(), "sampler": self._sampler}
 
 
 class SampledLSR1(_SampledBase):
@@ -197,7 +189,7 @@ class SampledLSR1(_SampledBase):
         gamma_init: float = 1.0,
         skip_tol: float = 1e-8,
         rank_tol: float | None = None,
-        trust_region: TrustRegionPolicy | None = None,
+        trust_region: TrustRegionPolicy = DEFAULT_POLICY,
         initial_radius: float | None = None,
         newton_iters: int = NEWTON_ITERS,
         subproblem: Literal["obs", "steihaug"] = "obs",
@@ -206,17 +198,16 @@ class SampledLSR1(_SampledBase):
         full_batch: bool = False,
     ) -> None:
         check_sampling(memory, sample_radius, sampling)
-        if subproblem not in ("obs", "steihaug"):
-            raise ValueError(
-                f"subproblem must be 'obs' (exact, Brust et al.) or 'steihaug' (truncated CG, as in the "
-                f"authors' code), got {subproblem!r}"
-            )
-        if cg_max_iters is not None and (not isinstance(cg_max_iters, int) or cg_max_iters < 1):
-            raise ValueError(f"cg_max_iters must be None or an integer >= 1, got {cg_max_iters!r}")
-        if initial_radius is not None and not initial_radius > 0:
-            raise ValueError(f"initial_radius must be > 0 or None (for ||g_0||), got {initial_radius!r}")
-        if not isinstance(newton_iters, int) or newton_iters < 1:
-            raise ValueError(f"newton_iters must be an integer >= 1, got {newton_iters!r}")
+        subproblem = checks.choice("subproblem", subproblem, ("obs", "steihaug"))
+        cg_max_iters = checks.integer("cg_max_iters", cg_max_iters, 1, none=True)
+        initial_radius = checks.positive(
+            "initial_radius", initial_radius, none=True, allowed="a finite number > 0 or None (for ||g_0||)"
+        )
+        newton_iters = checks.integer("newton_iters", newton_iters, 1)
+        checks.real("skip_tol", skip_tol, lambda v: v >= 0, "a finite number >= 0")
+        rank_tol = checks.positive("rank_tol", rank_tol, none=True)
+        trust_region = check_policy(trust_region)
+        seed = checks.integer("seed", seed, 0, none=True)
         defaults = dict(
             memory=memory,
             sample_radius=sample_radius,
@@ -245,9 +236,7 @@ class SampledLSR1(_SampledBase):
         else:
             self._model = SteihaugModel(self.matrix, max_iters=cg_max_iters)
         refresh = self._make_refresh(memory, sample_radius, sampling, seed, full_batch)
-        self._stepper = TrustRegionStepper(
-            self, self._model, trust_region or TrustRegionPolicy(), initial_radius, refresh=refresh
-        )
+        self._stepper = TrustRegionStepper(self, self._model, trust_region, initial_radius, refresh=refresh)
 
 
 class SampledLBFGS(_SampledBase):
@@ -270,6 +259,8 @@ class SampledLBFGS(_SampledBase):
         full_batch: see :class:`SampledLSR1`.
     """
 
+    group_options = ("lr",)
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -285,8 +276,10 @@ class SampledLBFGS(_SampledBase):
         full_batch: bool = False,
     ) -> None:
         check_sampling(memory, sample_radius, sampling)
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
+        lr = checks.positive("lr", lr)
+        checks.real("curvature_eps", curvature_eps, lambda v: v >= 0, "a finite number >= 0")
+        seed = checks.integer("seed", seed, 0, none=True)
+        search = resolve_line_search(line_search, StrongWolfe)
         defaults = dict(
             memory=memory,
             sample_radius=sample_radius,
@@ -308,8 +301,7 @@ class SampledLBFGS(_SampledBase):
         )
         self._model = LimitedMemoryModel(self.matrix)
         refresh = self._make_refresh(memory, sample_radius, sampling, seed, full_batch)
-        search = StrongWolfe() if line_search == "default" else line_search
-        self._stepper = LineSearchStepper(self, self._model, search, lr=lr, refresh=refresh)  # type: ignore[arg-type]
+        self._stepper = LineSearchStepper(self, self._model, search, refresh=refresh)
 
 
 __all__ = ["SampledLBFGS", "SampledLSR1", "SampledPairs"]

@@ -22,16 +22,19 @@ A curvature model is anything implementing :class:`StepModel`.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lightning_sqn._device import to_host
+from lightning_sqn._state import AttributePart, AttributeState
 from lightning_sqn.globalization.linesearch import LineSearch
 from lightning_sqn.globalization.trust_region import TrustRegionPolicy
-from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
+from lightning_sqn.optim.base import QuasiNewtonOptimizer
+from lightning_sqn.optim.evaluation import Closure
+from lightning_sqn.optim.stats import StepStats
 from lightning_sqn.subproblem.result import HostTrustRegionStep
 
 
@@ -57,13 +60,17 @@ class StepModel(Protocol):
 
     def gradient_direction(self) -> tuple[float, float]: ...
 
-    def stage_trust_region(self, g_trial: Tensor, sigma: float) -> None: ...
+    def stage_trust_region(self, g_trial: Tensor, sigma: float | None) -> None: ...
+
+    def conclude(self, accepted: bool) -> None:
+        """The trust-region step's decision (after the trial)."""
+        ...
 
     def stage_line_search(self, g_trial: Tensor, alpha: float) -> None: ...
 
     def pairs(self) -> int: ...
 
-    def gamma(self) -> float: ...
+    def gamma(self) -> float | None: ...
 
     def reset(self) -> None: ...
 
@@ -90,36 +97,41 @@ def spectrum_stats(eigenvalues: np.ndarray | None) -> tuple[float | None, float 
     return float(eigenvalues.min()), float(eigenvalues.max()), int((eigenvalues < 0).sum())
 
 
-class _Stepper:
-    """What both steppers share: the first evaluation with its one read, and the full-batch cache."""
+class _Stepper(AttributePart):
+    """What both steppers share: the first evaluation with its one read, the full-batch cache, and the
+    stepper's state as a :class:`~lightning_sqn._state.Part` (``state_dict``, checks, transactions)."""
+
+    #: {state key: attribute} of the stepper's saved state
+    _saved: ClassVar[dict[str, str]] = {}
 
     def __init__(self, opt: QuasiNewtonOptimizer, model: StepModel, refresh: CurvatureRefresh | None) -> None:
         self.opt = opt
+        self.ev = opt.evaluation
         self.model = model
         self.refresh = refresh
-        flat = opt._flat
-        # Preallocated n-vectors: a fresh 4 MB temporary costs page faults comparable to the arithmetic.
-        self.x, self.g_trial = flat.new_zeros(), flat.new_zeros()
+        self.x = self.ev.x  # x_k, gathered when the step begins
+        # Preallocated n-vector: a fresh 4 MB temporary costs page faults comparable to the arithmetic.
+        self.g_trial = self.ev.flat.new_zeros()
         #: full batch: f at the point the last step ended on (its gradient is in model.g), else None
         self._cached_f: Tensor | None = None
+        self._state = AttributeState(self, self._saved, "stepper")
 
     def _begin(self, closure: Closure) -> tuple[Tensor, float, float, bool | None, int]:
-        """x_k into ``self.x``; f, g at x_k (evaluated, or reused in full-batch mode); the step's first
-        read; the staged pair offered. Returns (f0, f0 on the host, g^T g, stored, dropped)."""
+        """f, g at x_k (evaluated, or reused in full-batch mode); the step's first read; the staged
+        pair offered. Returns (f0, f0 on the host, g^T g, stored, dropped)."""
         opt, model, refresh = self.opt, self.model, self.refresh
-        opt._flat.gather_params(self.x)
-        needs_graph = refresh is not None and refresh.needs_graph
+        needs_graph = getattr(model, "needs_graph", False) or (refresh is not None and refresh.needs_graph)
         f0 = self._cached_f if opt.full_batch and not needs_graph else None
         self._cached_f = None
         #: index of the evaluation at x_k in this step (None when it was reused from the last step)
         self.start_eval: int | None = None
         if f0 is None:
-            f0 = opt._evaluate(closure, model.g, create_graph=needs_graph)
+            f0 = self.ev(closure, model.g, create_graph=needs_graph)
             self.start_eval = 0
         values = to_host(model.gather(f0))  # f0 first, then what the model needs
         f0_host = float(values[0])
         gg = model.peek_gg(values)
-        opt._check_finite(f0_host, gg)
+        self.ev.check_finite(f0_host, gg)
         stored, dropped = model.absorb(values)
         return f0, f0_host, gg, stored, dropped
 
@@ -130,12 +142,24 @@ class _Stepper:
                 self.model.g.copy_(g_next)
             self._cached_f = f_next
 
-    def forget_cache(self) -> None:
+    # ------------------------------------------------------------ state (a Part; the full-batch cache
+    # is not saved, and a rollback restores it)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self._cached_f = None
+
+    def begin(self) -> tuple[Any, Tensor | None]:
+        return super().begin(), self._cached_f
+
+    def rollback(self, token: tuple[Any, Tensor | None]) -> None:
+        saved, self._cached_f = token
+        super().rollback(saved)
 
 
 class TrustRegionStepper(_Stepper):
     """Alg. 1 lines 3-25 around a :class:`StepModel`.
+
+    State: the radius (``-1`` until the first step sets Delta_0 = ||g_0||).
 
     Args:
         opt: the optimizer (flat parameters, closure evaluation).
@@ -154,12 +178,14 @@ class TrustRegionStepper(_Stepper):
         initial_radius: float | None,
         refresh: CurvatureRefresh | None = None,
     ) -> None:
+        self.radius = -1.0 if initial_radius is None else float(initial_radius)
         super().__init__(opt, model, refresh)
         self.policy = policy
-        self.radius = -1.0 if initial_radius is None else float(initial_radius)
+
+    _saved: ClassVar[dict[str, str]] = {"radius": "radius"}
 
     def step(self, closure: Closure) -> StepStats:
-        opt, flat, policy, model, refresh = self.opt, self.opt._flat, self.policy, self.model, self.refresh
+        ev, flat, policy, model, refresh = self.ev, self.ev.flat, self.policy, self.model, self.refresh
         f0, f0_host, gg, stored, dropped = self._begin(closure)
         if refresh is not None:
             refresh.refresh(closure, self.x, model.g)
@@ -168,20 +194,21 @@ class TrustRegionStepper(_Stepper):
         radius = self.radius if self.radius > 0 else (gnorm if gnorm > 0 else 1.0)
         res = model.solve(radius)
         flat.step_params(model.s)  # the parameters hold x_k (evaluations and refreshes leave them there)
-        f1 = opt._evaluate(closure, self.g_trial)
+        f1 = ev(closure, self.g_trial)
         if refresh is None:  # y_k for accepted and rejected steps alike (Alg. 1 line 12)
             model.stage_trust_region(self.g_trial, res.sigma)
         f1_host = float(to_host(f1)[0])
         ared = f0_host - f1_host
         rho = policy.rho(ared, res.predicted_reduction)
-        accepted = bool(policy.accept(rho))
+        accepted = policy.accept_step(rho, ared)
         next_radius = float(policy.update_radius(radius, rho, res.step_norm, dtype=flat.dtype))
         self.radius = next_radius
+        model.conclude(accepted)
         if not accepted:
             flat.set_params(self.x)
         # the trial point is the latest evaluation (sampling may have evaluated in between)
-        trial_index = opt._evals_this_step - 1
-        opt._commit_running_stats(accepted, if_accepted=trial_index, if_rejected=self.start_eval)
+        trial_index = ev.count - 1
+        ev.commit_running_stats(accepted, if_accepted=trial_index, if_rejected=self.start_eval)
         if accepted:
             self._end(f1, self.g_trial)
         else:
@@ -189,7 +216,7 @@ class TrustRegionStepper(_Stepper):
         eig_min, eig_max, negative = spectrum_stats(res.eigenvalues)
         stats = StepStats(
             loss=f0,
-            closure_evals=opt._evals_this_step,
+            closure_evals=ev.count,
             accepted=accepted,
             step_norm=res.step_norm,
             pair_stored=stored,
@@ -208,18 +235,11 @@ class TrustRegionStepper(_Stepper):
             eigenvalues=res.eigenvalues,
             pairs_dropped=dropped,
             gamma=model.gamma(),
+            **res.extra,
         )
         if refresh is not None:
             refresh.annotate(stats)
         return stats
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"radius": self.radius}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        r = state["radius"]
-        self.radius = float(r.item() if isinstance(r, Tensor) else r)
-        self.forget_cache()
 
 
 class LineSearchStepper(_Stepper):
@@ -228,12 +248,17 @@ class LineSearchStepper(_Stepper):
     Args:
         opt: the optimizer.
         model: the curvature model (gives d = -H g and takes pairs).
-        line_search: a line-search object, or ``None`` for a fixed step alpha = ``lr``.
-        lr: scale of the initial trial step (and the fixed step when ``line_search`` is None).
+        line_search: a line-search object, or ``None`` for a fixed step alpha = lr.
         initial_step: rule for the first trial alpha_0 when the memory holds pairs: ``"unit"``
             (alpha_0 = lr, the quasi-Newton step) or ``"doubling"`` (alpha_0 = min(lr, 2 alpha_{k-1}),
             Alg. 2 line 10). With an empty memory the trial step is scaled to length lr
             (alpha_0 = lr min(1, 1/||d||)), because d = -g/gamma_init has no natural scale.
+
+    lr is read at every step from the optimizer's parameter groups when it has a learning rate
+    (``"lr"`` in its ``group_options``, so schedulers act on it), else it is 1 (the unit
+    quasi-Newton step).
+
+    State: alpha_{k-1} (``prev_alpha``).
         refresh: rebuilds the pairs at every x_k (sampled L-BFGS, Berahas et al. Alg. 2 line 2); the
             step's own pair is then not offered.
     """
@@ -243,24 +268,28 @@ class LineSearchStepper(_Stepper):
         opt: QuasiNewtonOptimizer,
         model: StepModel,
         line_search: LineSearch | None,
-        lr: float,
         initial_step: str = "unit",
         refresh: CurvatureRefresh | None = None,
     ) -> None:
         if initial_step not in ("unit", "doubling"):
             raise ValueError(f"initial_step must be 'unit' or 'doubling', got {initial_step!r}")
+        self.prev_alpha = 1.0
         super().__init__(opt, model, refresh)
         self.line_search = line_search
-        self.lr = lr
         self.initial_step = initial_step
-        self.prev_alpha = 1.0
         self.last_alpha = 0.0
-        self.x_trial = opt._flat.new_zeros()
+        self.x_trial = self.ev.flat.new_zeros()
+
+    _saved: ClassVar[dict[str, str]] = {"prev_alpha": "prev_alpha"}
+
+    def _lr(self) -> float:
+        return self.opt.learning_rate() if "lr" in self.opt.group_options else 1.0
 
     def step(self, closure: Closure, forget: bool = False) -> StepStats:
         """One step; ``forget`` clears the memory first (L-BFGS forgetting), once f(x_k) is known to be
         finite, so a step refused with NonFiniteLossError leaves the memory unchanged."""
-        opt, flat, model, refresh = self.opt, self.opt._flat, self.model, self.refresh
+        ev, flat, model, refresh = self.ev, self.ev.flat, self.model, self.refresh
+        lr = self._lr()
         f0, f0_host, _, stored, dropped = self._begin(closure)
         if forget:
             model.reset()
@@ -277,21 +306,21 @@ class LineSearchStepper(_Stepper):
         self.last_alpha = 0.0
         base = dict(loss=f0, pair_stored=stored, pairs_dropped=dropped, fallback=fallback)
         if not dnorm > 0.0:  # g = 0: stationary point, nothing to do
-            opt._commit_running_stats(False, if_accepted=self.start_eval, if_rejected=self.start_eval)
+            ev.commit_running_stats(False, if_accepted=self.start_eval, if_rejected=self.start_eval)
             self._end(f0, None)
             return self._finish(self._stats(f0_host, False, 0.0, None, **base))
         if pairs == 0:
-            alpha0 = self.lr * min(1.0, 1.0 / dnorm)
+            alpha0 = lr * min(1.0, 1.0 / dnorm)
         elif self.initial_step == "doubling":
-            alpha0 = min(self.lr, 2.0 * self.prev_alpha)
+            alpha0 = min(lr, 2.0 * self.prev_alpha)
         else:
-            alpha0 = self.lr
+            alpha0 = lr
         d = model.s
         evaluated: dict[str, Any] = {"alpha": None, "f": None}
 
         def phi(alpha: float) -> tuple[float, float]:
             flat.set_params(torch.add(self.x, d, alpha=alpha, out=self.x_trial))
-            f = opt._evaluate(closure, self.g_trial)
+            f = ev(closure, self.g_trial)
             evaluated["alpha"], evaluated["f"] = alpha, f
             f_alpha, dphi = to_host(f, self.g_trial @ d).tolist()
             return f_alpha, dphi
@@ -312,13 +341,13 @@ class LineSearchStepper(_Stepper):
             # No decrease along d: x stays, and the memory that produced d is forgotten, so the next
             # step restarts from the scaled steepest-descent direction (Nocedal & Wright Sec. 7.2).
             flat.set_params(self.x)
-            opt._commit_running_stats(False, if_accepted=self.start_eval, if_rejected=self.start_eval)
+            ev.commit_running_stats(False, if_accepted=self.start_eval, if_rejected=self.start_eval)
             model.reset()
             self._end(f0, None)
             return self._finish(self._stats(f_trial, False, 0.0, ls, **base))
         # The parameters hold x + alpha d: the last evaluation was at the chosen step length
         # (re-evaluated above if needed), which is also where g_trial was taken.
-        opt._commit_running_stats(True, if_accepted=opt._evals_this_step - 1, if_rejected=self.start_eval)
+        ev.commit_running_stats(True, if_accepted=ev.count - 1, if_rejected=self.start_eval)
         if refresh is None:  # the pair (s, y) is offered at the start of the next step
             model.stage_line_search(self.g_trial, alpha)
         self.prev_alpha = alpha
@@ -344,7 +373,7 @@ class LineSearchStepper(_Stepper):
     ) -> StepStats:
         return StepStats(
             loss=loss,
-            closure_evals=self.opt._evals_this_step,
+            closure_evals=self.ev.count,
             accepted=accepted,
             step_norm=step_norm,
             pair_stored=pair_stored,
@@ -357,10 +386,3 @@ class LineSearchStepper(_Stepper):
             line_search_reason=None if ls is None else ls.reason,
             fallback_to_gradient=fallback,
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"prev_alpha": self.prev_alpha}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.prev_alpha = float(state["prev_alpha"])
-        self.forget_cache()

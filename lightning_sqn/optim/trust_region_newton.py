@@ -11,36 +11,23 @@ App. J Table 1) and ``../shared/REFERENCES.md``, section "Ellipsoidal trust-regi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from lightning_sqn import _checks as checks
+from lightning_sqn._state import AttributeState, Part
 from lightning_sqn.globalization.trust_region import TrustRegionPolicy
-from lightning_sqn.optim.base import Closure, QuasiNewtonOptimizer, StepStats
-from lightning_sqn.optim.hessian_free import KrylovExit
-from lightning_sqn.subproblem.result import SubproblemStatus
-from lightning_sqn.subproblem.steihaug import SteihaugResult, solve_steihaug
-
-Norm = Literal["uniform", "adagrad", "rmsprop"]
-
-#: Steihaug exit -> the status the other trust-region optimizers publish
-_STATUS = {
-    "converged": SubproblemStatus.INTERIOR,
-    "boundary": SubproblemStatus.BOUNDARY,
-    "negative_curvature": SubproblemStatus.NEGATIVE_CURVATURE,
-    "cap": SubproblemStatus.CAP,
-}
+from lightning_sqn.optim.base import QuasiNewtonOptimizer
+from lightning_sqn.optim.evaluation import Closure
+from lightning_sqn.optim.krylov_models import NewtonModel, Norm
+from lightning_sqn.optim.stats import StepStats
+from lightning_sqn.optim.steppers import TrustRegionStepper
 
 #: gamma_2 of Table 1 per norm (rows TR uniform, TR adagrad, TR rmsprop)
 _GAMMA2 = {"uniform": 1.5, "adagrad": 1.5, "rmsprop": 1.75}
-
-
-def _check(name: str, ok: bool, allowed: str, value: Any) -> None:
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 class TrustRegionNewton(QuasiNewtonOptimizer):
@@ -105,8 +92,11 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
     ``last_step`` publishes ``radius`` (Delta_k used), ``next_radius``, ``rho``, ``accepted``,
     ``step_norm`` (``||s||_A``, the norm the radius bounds), ``predicted_reduction``,
     ``actual_reduction``, ``trial_loss``, ``cg_iterations`` (= ``hessian_products`` =
-    ``curvature_products``), ``cg_reason`` (a :class:`~lightning_sqn.optim.hessian_free.KrylovExit`
-    code: converged / boundary / negative_curvature / cap) and ``subproblem_status``.
+    ``curvature_products``) and ``subproblem_status`` (a
+    :class:`~lightning_sqn.subproblem.result.SolverStatus` code: interior / boundary /
+    negative_curvature / cap). The steps are run by the shared
+    :class:`~lightning_sqn.optim.steppers.TrustRegionStepper` on a
+    :class:`~lightning_sqn.optim.krylov_models.NewtonModel`.
 
     Args:
         params: parameters or groups (one flat vector).
@@ -164,37 +154,37 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
         warmup_steps: int = 0,
         lr: float | None = None,
     ) -> None:
-        _check("norm", norm in _GAMMA2, "'uniform', 'adagrad' or 'rmsprop'", norm)
+        norm = checks.choice("norm", norm, tuple(_GAMMA2))
         gamma2 = _GAMMA2[norm] if gamma2 is None else gamma2
-        _check("initial_radius", 0 < initial_radius < math.inf, "finite and > 0", initial_radius)
-        _check(
-            "max_radius", max_radius >= initial_radius, f">= initial_radius ({initial_radius})", max_radius
+        initial_radius = checks.positive("initial_radius", initial_radius)
+        max_radius = checks.real(
+            "max_radius",
+            max_radius,
+            lambda v: v >= initial_radius,
+            f">= initial_radius ({initial_radius})",
+            finite=False,
         )
-        _check("eta1", 0 < eta1 < 1, "in (0, 1)", eta1)
-        _check("eta2", eta1 < eta2 < 1, f"in (eta1, 1) = ({eta1}, 1)", eta2)
-        _check("gamma1", 1 < gamma1 < math.inf, "finite and > 1", gamma1)
-        _check("gamma2", 1 < gamma2 < math.inf, "finite and > 1", gamma2)
-        _check("krylov_tol", 0 < krylov_tol < math.inf, "finite and > 0", krylov_tol)
-        _check("krylov_theta", 0 <= krylov_theta < math.inf, "finite and >= 0", krylov_theta)
-        _check(
-            "max_cg_iters",
-            max_cg_iters is None or (isinstance(max_cg_iters, int) and max_cg_iters >= 1),
-            "None or an int >= 1",
-            max_cg_iters,
+        eta1 = checks.real("eta1", eta1, lambda v: 0 < v < 1, "in (0, 1)")
+        eta2 = checks.real("eta2", eta2, lambda v: eta1 < v < 1, f"in (eta1, 1) = ({eta1}, 1)")
+        gamma1 = checks.real("gamma1", gamma1, lambda v: v > 1, "finite and > 1")
+        gamma2 = checks.real(
+            "gamma2", gamma2, lambda v: v > 1, "finite and > 1 (or None for Table 1's value)"
         )
-        _check("beta", 0 <= beta < 1, "in [0, 1)", beta)
-        _check("eps", 0 < eps < math.inf, "finite and > 0", eps)
-        _check(
-            "accept_all_decreasing", isinstance(accept_all_decreasing, bool), "a bool", accept_all_decreasing
-        )
-        _check(
-            "warmup_steps",
-            isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool) and warmup_steps >= 0,
-            "an int >= 0",
-            warmup_steps,
-        )
+        krylov_tol = checks.positive("krylov_tol", krylov_tol)
+        krylov_theta = checks.real("krylov_theta", krylov_theta, lambda v: v >= 0, "finite and >= 0")
+        max_cg_iters = checks.integer("max_cg_iters", max_cg_iters, 1, none=True)
+        beta = checks.real("beta", beta, lambda v: 0 <= v < 1, "in [0, 1)")
+        eps = checks.positive("eps", eps)
+        accept_all_decreasing = checks.flag("accept_all_decreasing", accept_all_decreasing)
+        warmup_steps = checks.integer("warmup_steps", warmup_steps, 0)
         if warmup_steps > 0:
-            _check("lr", lr is not None and 0 < lr < math.inf, "finite and > 0 when warmup_steps > 0", lr)
+            lr = checks.positive("lr", lr, allowed="finite and > 0 when warmup_steps > 0")
+            self.group_options = ("lr",)  # the warm-up steps read it from the groups (schedulers)
+        elif lr is not None:
+            raise ValueError(
+                f"lr is the step size of the warm-up steps; it needs warmup_steps > 0, got lr={lr!r}"
+            )
+        self.step_sizing = "trust region (lr sizes only the first-order warm-up steps)"
         defaults = dict(
             norm=norm,
             initial_radius=initial_radius,
@@ -210,12 +200,15 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
             eps=eps,
             accept_all_decreasing=accept_all_decreasing,
             warmup_steps=warmup_steps,
-            lr=lr,
         )
+        if warmup_steps > 0:
+            defaults["lr"] = lr
         super().__init__(params, defaults)
         self.norm: Norm = norm
-        # App. F.1 in the policy's terms: accept iff rho > eta_1; shrink by 1/gamma_1 iff rho < eta_1;
-        # grow by gamma_2 iff rho > eta_2 and ||s||_A > (1 - 1/gamma_2) Delta (authors' code).
+        self.warmup_steps = warmup_steps
+        # App. F.1 in the policy's terms: accept iff rho > eta_1 (or, with accept_all_decreasing, f did
+        # not increase); shrink by 1/gamma_1 iff rho < eta_1; grow by gamma_2 iff rho > eta_2 and
+        # ||s||_A > (1 - 1/gamma_2) Delta (authors' code).
         self.policy = TrustRegionPolicy(
             eta=eta1,
             low=eta1,
@@ -224,144 +217,70 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
             decrease=1.0 / gamma1,
             increase=gamma2,
             max_radius=max_radius,
+            accept_decrease=accept_all_decreasing,
         )
-        self.krylov_tol, self.krylov_theta, self.max_cg_iters = krylov_tol, krylov_theta, max_cg_iters
-        self.beta, self.eps = beta, eps
-        self.accept_all_decreasing = accept_all_decreasing
-        self.warmup_steps, self.lr = warmup_steps, lr
-        flat = self._flat
-        self.radius = torch.tensor(float(initial_radius), dtype=flat.dtype, device=flat.device)
-        self.v = flat.new_zeros()  # second-moment accumulator (unused for "uniform")
-        self._v_started = False
-        #: update v at the next step (first step, warm-up, or the previous step was accepted)
-        self._update_v = torch.ones((), dtype=torch.bool, device=flat.device)
+        self._model = NewtonModel(
+            self.evaluation,
+            norm,
+            beta=beta,
+            eps=eps,
+            kappa=krylov_tol,
+            theta=krylov_theta,
+            max_iters=max_cg_iters,
+        )
+        self._stepper = TrustRegionStepper(self, self._model, self.policy, initial_radius)
         self._steps_taken = 0
-        self._x = flat.new_zeros()
-        self._g, self._g_trial = flat.new_zeros(), flat.new_zeros()
-
-    # ------------------------------------------------------------ the ellipsoid
-    def _update_accumulator(self, g: Tensor) -> None:
-        """v from g at x_k (eqs. 2-3, diagonal), when :attr:`_update_v` says so (no host sync)."""
-        if self.norm == "uniform":
-            return
-        gg = g * g
-        if not self._v_started:  # v_0 = g_0 ⊙ g_0 (authors' code)
-            self.v.copy_(gg)
-            self._v_started = True
-            return
-        if self.norm == "rmsprop":
-            new = torch.lerp(gg, self.v, self.beta)  # beta v + (1 - beta) g ⊙ g
-        else:
-            new = self.v + gg
-        torch.where(self._update_v, new, self.v, out=self.v)
+        self._counter = AttributeState(self, {"steps_taken": "_steps_taken"}, "TrustRegionNewton")
 
     def norm_diag(self) -> Tensor | None:
         """``a`` with ``A = diag(a) = diag(sqrt(v) + eps)``; ``None`` for the uniform (spherical) norm."""
-        return None if self.norm == "uniform" else self.v.sqrt().add_(self.eps)
+        return self._model.norm_diag()
+
+    @property
+    def v(self) -> Tensor:
+        """The second-moment accumulator of the ellipsoid (zeros for ``"uniform"``)."""
+        return self._model.v
+
+    @property
+    def radius(self) -> float:
+        """Delta, the radius of the next trust-region step (in the ``A``-norm)."""
+        return self._stepper.radius
 
     # ------------------------------------------------------------ step
     def _step(self, closure: Closure) -> StepStats:
-        if self._steps_taken < self.warmup_steps:
-            return self._warmup_step(closure)
-        flat, policy = self._flat, self.policy
-        x = flat.gather_params(self._x)
-        g = self._g
-        f0 = self._evaluate(closure, g, create_graph=True)
-        try:
-            self._check_finite_start(f0, g)
-            self._update_accumulator(g)
-            graph = self._graph
-            assert graph is not None
-            radius = self.radius.clone()
-            res: SteihaugResult = solve_steihaug(
-                graph.hvp,
-                g,
-                radius,
-                norm_diag=self.norm_diag(),
-                kappa=self.krylov_tol,
-                theta=self.krylov_theta,
-                max_iters=self.max_cg_iters,
-            )
-        finally:
-            self._graph = None  # free the activations before the trial evaluation
-        flat.step_params(res.step)  # the parameters hold x_k
-        f1 = self._evaluate(closure, self._g_trial)
-        ared = f0 - f1
-        rho = policy.rho(ared, res.predicted_reduction)
-        accepted = policy.accept(rho)
-        if self.accept_all_decreasing:
-            accepted = accepted | (ared >= 0)
-        next_radius = policy.update_radius(radius, rho, res.step_norm)
-        self.radius.copy_(next_radius)
-        self._update_v.copy_(accepted)
-        if not bool(accepted):
-            flat.set_params(x)
-        self._commit_running_stats(accepted, if_accepted=1, if_rejected=0)
+        warmup = self._steps_taken < self.warmup_steps
+        stats = self._warmup_step(closure) if warmup else self._stepper.step(closure)
         self._steps_taken += 1
-        return StepStats(
-            loss=f0,
-            closure_evals=self._evals_this_step,
-            accepted=accepted,
-            step_norm=res.step_norm,
-            pair_stored=None,
-            pairs_in_memory=0,
-            trial_loss=f1,
-            radius=radius,
-            next_radius=next_radius,
-            rho=rho,
-            predicted_reduction=res.predicted_reduction,
-            actual_reduction=ared,
-            subproblem_status=int(_STATUS[res.reason]),
-            hessian_products=res.iterations,
-            curvature_products=res.iterations,
-            cg_iterations=res.iterations,
-            cg_reason=int(KrylovExit.of(res.reason)),
-            warmup=False,
-        )
+        return stats
 
     def _warmup_step(self, closure: Closure) -> StepStats:
         """One first-order step ``x <- x - lr A^{-1} g`` (SGD / RMSProp / Adagrad), one evaluation."""
-        flat = self._flat
-        g = self._g
-        f0 = self._evaluate(closure, g)
-        self._check_finite_start(f0, g)
-        self._update_v.fill_(True)
-        self._update_accumulator(g)
-        a = self.norm_diag()
-        assert self.lr is not None
-        s = g.mul(-self.lr) if a is None else g.div(a).mul_(-self.lr)
-        flat.add_to_params(s)
-        self._commit_running_stats(True, if_accepted=0)
-        self._steps_taken += 1
+        ev, model = self.evaluation, self._model
+        g = model.g
+        f0 = ev(closure, g)
+        ev.check_finite_start(f0, g)
+        model.update_v = True
+        model.update_accumulator(g)
+        a = model.norm_diag()
+        lr = self.learning_rate()
+        s = g.mul(-lr) if a is None else g.div(a).mul_(-lr)
+        self._flat.add_to_params(s)
+        ev.commit_running_stats(True, if_accepted=0)
         step_norm = torch.linalg.vector_norm(s) if a is None else torch.sqrt(s @ (a * s))
-        true = torch.ones((), dtype=torch.bool, device=flat.device)
         return StepStats(
             loss=f0,
-            closure_evals=self._evals_this_step,
-            accepted=true,
-            step_norm=step_norm,
+            closure_evals=ev.count,
+            accepted=True,
+            step_norm=float(step_norm),
             pair_stored=None,
             pairs_in_memory=0,
-            step_length=self.lr,
+            step_length=lr,
             warmup=True,
         )
 
     # ------------------------------------------------------------ state
-    def _extra_state(self) -> dict[str, Any]:
-        return {
-            "radius": self.radius,
-            "v": self.v,
-            "v_started": self._v_started,
-            "update_v": self._update_v,
-            "steps_taken": self._steps_taken,
-        }
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.radius.copy_(state["radius"].to(self.radius))
-        self.v.copy_(state["v"].to(self.v))
-        self._v_started = bool(state["v_started"])
-        self._update_v.copy_(state["update_v"].to(self._update_v))
-        self._steps_taken = int(state["steps_taken"])
+    def _parts(self) -> dict[str, Part]:
+        return {"model": self._model, "stepper": self._stepper, "warmup": self._counter}
 
 
 __all__ = ["TrustRegionNewton"]

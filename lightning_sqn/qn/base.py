@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_sqn import _checks as checks
 from lightning_sqn._device import to_host
+from lightning_sqn._state import as_number, require_keys
 from lightning_sqn.qn.memory import PairMemory
 
 
@@ -47,8 +49,7 @@ class LimitedMemoryMatrix:
         gamma_init: float,
         work_rows: int = 0,
     ) -> None:
-        if not (isinstance(gamma_init, int | float) and math.isfinite(gamma_init) and gamma_init > 0):
-            raise ValueError(f"gamma_init must be a finite float > 0, got {gamma_init!r}")
+        gamma_init = checks.positive("gamma_init", gamma_init)
         self.memory = PairMemory(memory, n, dtype=dtype, device=device, work_rows=work_rows)
         self.gamma = float(gamma_init)
 
@@ -113,18 +114,36 @@ class LimitedMemoryMatrix:
         self.memory.clear()
         self._invalidate()
 
+    def _host_scalars(self) -> dict[str, float]:
+        """The host numbers of the state besides the memory (gamma; subclasses add theirs)."""
+        return {"gamma": self.gamma}
+
     def state_dict(self) -> dict:
-        return {"memory": self.memory.state_dict(), "gamma": self.gamma}
+        return {"memory": self.memory.state_dict(), **self._host_scalars()}
 
     def check_state(self, state: dict) -> None:
         """ValueError unless ``state`` can be loaded (changes nothing)."""
-        if not isinstance(state, dict) or "memory" not in state or "gamma" not in state:
-            raise ValueError(f"not a {type(self).__name__} state (needs 'memory' and 'gamma')")
+        require_keys(type(self).__name__, state, ["memory", *self._host_scalars()])
         self.memory.check_state(state["memory"])
 
     def load_state_dict(self, state: dict) -> None:
         self.check_state(state)
         self.memory.load_state_dict(state["memory"])
-        g = state["gamma"]
-        self.gamma = float(g.item() if isinstance(g, Tensor) else g)
+        for name in self._host_scalars():
+            setattr(self, name, as_number(state[name], float))
+        self._invalidate()
+
+    # ------------------------------------------------------------ transactions
+    def begin(self) -> tuple:
+        """Start a step's transaction (see :meth:`PairMemory.begin`)."""
+        return self.memory.begin(), self._host_scalars()
+
+    def commit(self) -> None:
+        self.memory.commit()
+
+    def rollback(self, token: tuple) -> None:
+        memory, scalars = token
+        self.memory.rollback(memory)
+        for name, value in scalars.items():
+            setattr(self, name, value)
         self._invalidate()

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_sqn._state import require_keys
+
 MAX_DENSE_DIM = 10_000
 """Largest dimension n a dense matrix accepts; beyond it use the limited-memory LSR1/LBFGS."""
 
@@ -115,16 +117,10 @@ class DenseQuasiNewton(ABC):
             "num_skipped": self._num_skipped,
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a state produced by :meth:`state_dict` (B and H are cast to this matrix's dtype/device).
-
-        Raises:
-            ValueError: on missing keys, a different n, or a state saved with the other gamma mode
-                (``"auto"`` vs fixed).
-        """
-        missing = [k for k in _STATE_KEYS if k not in state_dict]
-        if missing:
-            raise ValueError(f"state_dict is missing keys {missing}")
+    def check_state(self, state_dict: Any) -> None:
+        """ValueError on missing keys, a different n, or a state saved with the other gamma mode
+        (``"auto"`` vs fixed); changes nothing."""
+        require_keys(type(self).__name__, state_dict, _STATE_KEYS)
         if int(state_dict["n"]) != self._n:
             raise ValueError(f"state_dict is for n = {state_dict['n']}, this matrix has n = {self._n}")
         if bool(state_dict["auto_gamma"]) != (self._fixed_gamma is None):
@@ -136,12 +132,32 @@ class DenseQuasiNewton(ABC):
         shape = (self._n, self._n)
         if tuple(state_dict["B"].shape) != shape or tuple(state_dict["H"].shape) != shape:
             raise ValueError(f"state_dict matrices must have shape {shape}")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state produced by :meth:`state_dict` (B and H are cast to this matrix's dtype/device).
+
+        Raises:
+            ValueError: see :meth:`check_state`.
+        """
+        self.check_state(state_dict)
         self._B = state_dict["B"].to(dtype=self._dtype, device=self._device, copy=True)
         self._H = state_dict["H"].to(dtype=self._dtype, device=self._device, copy=True)
         self._gamma = float(state_dict["gamma"])
         self._gamma_fixed = bool(state_dict["gamma_fixed"])
         self._num_updates = int(state_dict["num_updates"])
         self._num_skipped = int(state_dict["num_skipped"])
+
+    # ------------------------------------------------------------ transactions
+    def begin(self) -> dict[str, Any]:
+        """A step's undo token: the attributes by reference (B and H are replaced by every update,
+        never modified in place, so the references keep the old matrices)."""
+        return dict(self.__dict__)
+
+    def commit(self) -> None:  # noqa: B027 - nothing to finish: the token holds references only
+        pass
+
+    def rollback(self, token: dict[str, Any]) -> None:
+        self.__dict__.update(token)
 
     # ------------------------------------------------------------ properties
 

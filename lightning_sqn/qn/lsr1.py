@@ -322,19 +322,8 @@ class LSR1Matrix(LimitedMemoryMatrix):
             self.gamma = float(new)
             self._invalidate()
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "gamma_next": self.gamma_next}
-
-    def check_state(self, state: dict) -> None:
-        super().check_state(state)
-        if "gamma_next" not in state:
-            raise ValueError("not an LSR1Matrix state (needs 'gamma_next')")
-
-    def load_state_dict(self, state: dict) -> None:
-        self.check_state(state)
-        super().load_state_dict(state)
-        g = state["gamma_next"]
-        self.gamma_next = float(g.item() if isinstance(g, Tensor) else g)
+    def _host_scalars(self) -> dict[str, float]:
+        return {**super()._host_scalars(), "gamma_next": self.gamma_next}
 
     def _pencil_min(self) -> float:
         """lambda_hat: smallest eigenvalue of (D + L + L^T) u = lambda S^T S u on the active pairs.

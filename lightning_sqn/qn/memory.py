@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from lightning_sqn._device import to_device, to_host
+from lightning_sqn._state import check_tensor, require_keys
 
 #: entries per block of the batched passes (a block of all rows then fits in a core's L2 cache)
 BLOCK = 16384
@@ -59,18 +60,40 @@ class PairMemory:
         self.n = n
         K = -(-n // BLOCK)  # blocks per row, then the shortest block length that covers n (< K padding)
         L = -(-n // K)
-        rows = 2 * memory + work_rows
-        self._padded = torch.zeros(rows, K * L, dtype=dtype, device=device)
+        self._padded = torch.zeros(2 * memory + work_rows, K * L, dtype=dtype, device=device)
+        kw = {"dtype": dtype, "device": device}
+        # staging buffer of the step's one read: f, per-block [S Y]^T [g y], per-block W W^T
+        self._stage = torch.zeros(1 + K * (4 * memory + work_rows * work_rows), **kw)
+        self._coef = torch.zeros(2 * memory + 1, **kw)
+        self._make_views()
+        self.SS = np.zeros((memory, memory))
+        self.SY = np.zeros((memory, memory))
+        self.YY = np.zeros((memory, memory))
+        self.serial = np.full(memory, -1, dtype=np.int64)
+        self.active = np.zeros(memory, dtype=bool)
+        self.next_serial = 0
+        #: during a step's transaction: slot -> row of ``_backup`` holding the slot's pair before the
+        #: step wrote it (see :meth:`begin`); None outside a transaction
+        self._journal: dict[int, int] | None = None
+        self._backup: list[Tensor] | None = None
+
+    def _make_views(self) -> None:
+        """The views of ``_padded``, ``_stage`` and ``_coef`` the passes use (made once; rebuilt after
+        unpickling, which would otherwise turn views into copies)."""
+        memory, n, m2 = self.m, self.n, 2 * self.m
+        rows, KL = self._padded.shape
+        K = self._blocks = -(-n // BLOCK)
+        L = KL // K
+        work_rows = rows - m2
         self._rows = self._padded[:, :n]
-        self.SY_buf = self._rows[: 2 * memory]
+        self.SY_buf = self._rows[:m2]
         #: the optimizer's step rows (g first; see the module docstring)
-        self.work = self._rows[2 * memory :]
+        self.work = self._rows[m2:]
         self.work_rows = self.work.unbind(0)  #: views of the single work rows (no op per access)
         self._SY_t = self.SY_buf.t()
         self._slot_rows = [(self.SY_buf[j], self.SY_buf[memory + j]) for j in range(memory)]
         # (K, rows, L) views of the blocks for the batched passes
         blocks = self._padded.view(rows, K, L).transpose(0, 1)
-        m2 = 2 * memory
         self._pair_blocks = blocks[:, :m2]
         self._pair_g_blocks = blocks[:, : m2 + 1]
         self._work_blocks = blocks[:, m2:]
@@ -78,23 +101,45 @@ class PairMemory:
         self._pair_blocks_t = self._pair_blocks.transpose(1, 2)
         self._work_blocks_t = self._work_blocks.transpose(1, 2)
         self._row_blocks = [self._padded[i].view(K, 1, L) for i in range(rows)]
-        self._blocks = K
-        # staging buffer of the step's one read: f, per-block [S Y]^T [g y], per-block W W^T
-        kw = {"dtype": dtype, "device": device}
-        self._stage = torch.zeros(1 + K * (2 * m2 + work_rows * work_rows), **kw)
         self._stage_f = self._stage[0]
         self._stage_P = self._stage[1 : 1 + K * 2 * m2].view(K, 2, m2)
         self._stage_W = self._stage[1 + K * 2 * m2 :].view(K, work_rows, work_rows)
-        self._coef = torch.zeros(m2 + 1, **kw)
         self._coef_blocks = self._coef.view(1, 1, m2 + 1).expand(K, 1, m2 + 1)
-        self.SS = np.zeros((memory, memory))
-        self.SY = np.zeros((memory, memory))
-        self.YY = np.zeros((memory, memory))
-        self.serial = np.full(memory, -1, dtype=np.int64)
-        self.active = np.zeros(memory, dtype=bool)
-        self.next_serial = 0
+
+    _VIEWS = (
+        "_rows",
+        "SY_buf",
+        "work",
+        "work_rows",
+        "_SY_t",
+        "_slot_rows",
+        "_pair_blocks",
+        "_pair_g_blocks",
+        "_work_blocks",
+        "_gy_blocks",
+        "_pair_blocks_t",
+        "_work_blocks_t",
+        "_row_blocks",
+        "_stage_f",
+        "_stage_P",
+        "_stage_W",
+        "_coef_blocks",
+    )
+
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in self._VIEWS}
+        state["_backup"] = None  # scratch of a step's transaction
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._make_views()
 
     # ------------------------------------------------------------------ views
+    def slot_s(self, j: int) -> Tensor:
+        """s_j, the s row of slot j (a view made once)."""
+        return self._slot_rows[j][0]
+
     @property
     def S(self) -> Tensor:
         """S^T as an (m, n) view: row i is s_i (inactive rows hold stale or zero data)."""
@@ -195,6 +240,8 @@ class PairMemory:
         self.YY[j, :] = self.YY[:, j] = Py[m:]
         self.SS[j, j], self.SY[j, j], self.YY[j, j] = ss, sy, yy
         s_row, y_row = self._slot_rows[j]
+        if self._journal is not None and j not in self._journal:
+            self._save_slot(j)
         s_row.copy_(s)
         y_row.copy_(y)
         self.serial[j] = self.next_serial
@@ -226,6 +273,40 @@ class PairMemory:
         """Forget all pairs (Alg. 1 "colDim = 0"; L-BFGS forgetting)."""
         self.active[:] = False
 
+    # ------------------------------------------------------------ transactions
+    def begin(self) -> tuple:
+        """Start a step's transaction: from now on a slot is copied aside before its first overwrite
+        (one copy of two rows per stored pair), and the host state is returned as the token."""
+        self._journal = {}
+        return (*(getattr(self, name).copy() for name in self._HOST), self.next_serial)
+
+    def _save_slot(self, j: int) -> None:
+        assert self._journal is not None
+        k = len(self._journal)
+        if self._backup is None or len(self._backup) <= k:  # grown on demand: one slot per L-SR1 step
+            grown = torch.empty(min(2 * (k + 1), self.m), 2, self.n, dtype=self.dtype, device=self.device)
+            if self._backup is not None:
+                grown[: len(self._backup)].copy_(torch.stack(self._backup))
+            self._backup = list(grown.unbind(0))  # views made once: no view op per step
+        torch.stack(self._slot_rows[j], out=self._backup[k])
+        self._journal[j] = k
+
+    def commit(self) -> None:
+        self._journal = None
+
+    def rollback(self, token: tuple) -> None:
+        """Undo the transaction: the overwritten slots and the host state as :meth:`begin` found them."""
+        if self._journal:
+            assert self._backup is not None
+            for j, k in self._journal.items():
+                s_row, y_row = self._slot_rows[j]
+                s_row.copy_(self._backup[k][0])
+                y_row.copy_(self._backup[k][1])
+        *host, self.next_serial = token
+        for name, value in zip(self._HOST, host, strict=True):
+            setattr(self, name, value)
+        self._journal = None
+
     # ------------------------------------------------------------------ state
     _HOST = ("SS", "SY", "YY", "serial", "active")
 
@@ -237,14 +318,17 @@ class PairMemory:
 
     def check_state(self, state: dict) -> None:
         """ValueError unless ``state`` is a complete pair memory of this shape (changes nothing)."""
-        missing = [k for k in ("SY_buf", *self._HOST, "next_serial", "memory", "n") if k not in state]
-        if missing:
-            raise ValueError(f"the pair-memory state lacks {missing}")
+        require_keys("pair-memory", state, ("SY_buf", *self._HOST, "next_serial", "memory", "n"))
         if state["memory"] != self.m or state["n"] != self.n:
             raise ValueError(
                 f"pair memory of shape (m={state['memory']}, n={state['n']}) cannot be loaded into "
                 f"(m={self.m}, n={self.n}); build the optimizer with the same memory and parameters"
             )
+        check_tensor("the pair buffer 'SY_buf'", state["SY_buf"], self.SY_buf)
+        for name in self._HOST:
+            value = state[name]
+            if not isinstance(value, Tensor | np.ndarray) or tuple(value.shape) != getattr(self, name).shape:
+                raise ValueError(f"the pair memory's '{name}' must have shape {getattr(self, name).shape}")
 
     def load_state_dict(self, state: dict) -> None:
         self.check_state(state)

@@ -8,13 +8,13 @@
 
 from lightning_sqn.subproblem.exact import cauchy_point, solve_exact
 from lightning_sqn.subproblem.obs import HostOBSSolution, solve_obs, solve_obs_host
-from lightning_sqn.subproblem.result import SubproblemStatus, TrustRegionResult
+from lightning_sqn.subproblem.result import SolverStatus, TrustRegionResult
 from lightning_sqn.subproblem.steihaug import SteihaugResult, solve_steihaug
 
 __all__ = [
     "HostOBSSolution",
+    "SolverStatus",
     "SteihaugResult",
-    "SubproblemStatus",
     "TrustRegionResult",
     "cauchy_point",
     "solve_exact",

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lightning_sqn.subproblem.result import SubproblemStatus, TrustRegionResult
+from lightning_sqn.subproblem.result import SolverStatus, TrustRegionResult
 
 __all__ = ["cauchy_point", "solve_exact"]
 
@@ -121,7 +121,7 @@ def _result(
     step: Tensor,
     sigma: float,
     hit_boundary: bool,
-    status: SubproblemStatus,
+    status: SolverStatus,
     eigenvalues: Tensor,
 ) -> TrustRegionResult:
     """Pack a step into a :class:`TrustRegionResult`, with pred = -(g^T p + 1/2 p^T B p) (Alg. 1 line 10)."""
@@ -154,8 +154,8 @@ def solve_exact(
     ``a = Q^T g``, ``p(sigma) = -sum_i a_i / (lambda_i + sigma) q_i`` and the cases are
 
     * zero gradient (``g = 0``): ``p = 0`` if ``B`` is positive semidefinite
-      (:attr:`~SubproblemStatus.ZERO_GRADIENT`), else ``p = radius * q_1`` with ``sigma = -lambda_1``
-      (:attr:`~SubproblemStatus.HARD_CASE`);
+      (:attr:`~SolverStatus.ZERO_GRADIENT`), else ``p = radius * q_1`` with ``sigma = -lambda_1``
+      (:attr:`~SolverStatus.HARD_CASE`);
     * interior: ``lambda_1 > 0`` and ``||B^{-1} g|| <= radius`` gives ``sigma = 0``. A positive
       semidefinite singular ``B`` with ``g`` (numerically) in its range and ``||B^+ g|| <= radius`` is
       also reported as interior, with the minimum-norm solution ``p = -B^+ g``;
@@ -209,8 +209,8 @@ def solve_exact(
     g_norm = float(torch.linalg.vector_norm(g))
     if g_norm == 0.0:
         if psd:
-            return _result(B, g, torch.zeros_like(g), 0.0, False, SubproblemStatus.ZERO_GRADIENT, lam)
-        return _result(B, g, delta * Q[:, 0], -lam1, True, SubproblemStatus.HARD_CASE, lam)
+            return _result(B, g, torch.zeros_like(g), 0.0, False, SolverStatus.ZERO_GRADIENT, lam)
+        return _result(B, g, delta * Q[:, 0], -lam1, True, SolverStatus.HARD_CASE, lam)
 
     a = Q.T @ g
 
@@ -218,7 +218,7 @@ def solve_exact(
     if lam1 > eig_tol:
         newton = -(Q @ (a / lam))
         if float(torch.linalg.vector_norm(newton)) <= delta:
-            return _result(B, g, newton, 0.0, False, SubproblemStatus.INTERIOR, lam)
+            return _result(B, g, newton, 0.0, False, SolverStatus.INTERIOR, lam)
 
     lower = max(0.0, -lam1)
     in_e1 = lam <= lam1 + eig_tol
@@ -232,25 +232,25 @@ def solve_exact(
         p_hat_norm = float(torch.linalg.vector_norm(p_hat))
         if p_hat_norm <= delta:
             if psd:
-                return _result(B, g, p_hat, 0.0, False, SubproblemStatus.INTERIOR, lam)
+                return _result(B, g, p_hat, 0.0, False, SolverStatus.INTERIOR, lam)
             tau = math.sqrt(max(delta * delta - p_hat_norm * p_hat_norm, 0.0))
             a_e1 = torch.where(in_e1, a, torch.zeros_like(a))
             a_e1_norm = torch.linalg.vector_norm(a_e1)
             z = -(Q @ a_e1) / a_e1_norm if float(a_e1_norm) > 0.0 else Q[:, 0]
             step = p_hat + tau * z
-            return _result(B, g, step, lower, True, SubproblemStatus.HARD_CASE, lam)
+            return _result(B, g, step, lower, True, SolverStatus.HARD_CASE, lam)
 
     if lam1 > 0.0:
         newton = -(Q @ (a / lam))
         if float(torch.linalg.vector_norm(newton)) <= delta:
-            return _result(B, g, newton, 0.0, False, SubproblemStatus.INTERIOR, lam)
+            return _result(B, g, newton, 0.0, False, SolverStatus.INTERIOR, lam)
 
     # Boundary case: ||p(sigma)|| <= ||g|| / (lambda_1 + sigma), so psi(upper) >= 0.
     upper = max(lower, g_norm / delta - lam1)
     sigma = _solve_secular(a, lam, delta, lower, upper)
     shifted = lam + sigma
     step = Q @ _onto_sphere(a, shifted, in_e1, delta)
-    return _result(B, g, step, sigma, True, SubproblemStatus.BOUNDARY, lam)
+    return _result(B, g, step, sigma, True, SolverStatus.BOUNDARY, lam)
 
 
 def cauchy_point(
@@ -267,8 +267,8 @@ def cauchy_point(
         \\min\\left(\\|g\\|^3 / (\\Delta\\, g^T B g),\\ 1\\right) & \\text{otherwise.} \\end{cases}
 
     Needs one product ``B g`` and no host synchronisation. ``status`` is
-    :attr:`~SubproblemStatus.BOUNDARY` when ``tau = 1``, :attr:`~SubproblemStatus.INTERIOR` when the
-    minimiser along ``-g`` lies strictly inside, and :attr:`~SubproblemStatus.ZERO_GRADIENT` (with
+    :attr:`~SolverStatus.BOUNDARY` when ``tau = 1``, :attr:`~SolverStatus.INTERIOR` when the
+    minimiser along ``-g`` lies strictly inside, and :attr:`~SolverStatus.ZERO_GRADIENT` (with
     ``p = 0``) when ``g = 0``. ``sigma`` is 0 and ``eigenvalues`` is empty: the Cauchy point does not
     solve the subproblem's optimality conditions.
 
@@ -296,8 +296,8 @@ def cauchy_point(
     hit = nonzero & (tau >= 1.0)
     status = torch.where(
         nonzero,
-        torch.where(hit, int(SubproblemStatus.BOUNDARY), int(SubproblemStatus.INTERIOR)),
-        int(SubproblemStatus.ZERO_GRADIENT),
+        torch.where(hit, int(SolverStatus.BOUNDARY), int(SolverStatus.INTERIOR)),
+        int(SolverStatus.ZERO_GRADIENT),
     ).to(torch.int64)
     return TrustRegionResult(
         step=step,

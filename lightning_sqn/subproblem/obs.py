@@ -46,7 +46,7 @@ from torch import Tensor
 
 from lightning_sqn._device import to_host
 from lightning_sqn.qn.lsr1 import LSR1Matrix
-from lightning_sqn.subproblem.result import SubproblemStatus, TrustRegionResult
+from lightning_sqn.subproblem.result import SolverStatus, TrustRegionResult
 
 #: Cap on the Newton iterations on the secular equation (the iteration stops once no iterate moves).
 #: benchmarks/obs_newton_iterations.py needs at most 10 on 3,000 random hard problems, and a step the
@@ -59,10 +59,10 @@ _EPS = float(_FINFO.eps)
 _TINY = float(_FINFO.tiny)
 _DEFAULT_RANK_TOL = _EPS ** (1.0 / 3.0)
 _SQRT_EPS = _EPS**0.5
-_INTERIOR = int(SubproblemStatus.INTERIOR)
-_BOUNDARY = int(SubproblemStatus.BOUNDARY)
-_HARD_CASE = int(SubproblemStatus.HARD_CASE)
-_ZERO_GRADIENT = int(SubproblemStatus.ZERO_GRADIENT)
+_INTERIOR = int(SolverStatus.INTERIOR)
+_BOUNDARY = int(SolverStatus.BOUNDARY)
+_HARD_CASE = int(SolverStatus.HARD_CASE)
+_ZERO_GRADIENT = int(SolverStatus.ZERO_GRADIENT)
 
 
 @dataclass
@@ -73,7 +73,7 @@ class HostOBSSolution:
     #: (2m,): coefficients on the S rows (-gamma w) then on the Y rows (w), zero on inactive slots
     coef: np.ndarray
     sigma: float
-    status: int  #: int(SubproblemStatus.X)
+    status: int  #: int(SolverStatus.X)
     predicted_reduction: float
     step_norm: float
     hit_boundary: bool

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 import numpy as np
 from torch import Tensor
 
 
-class SubproblemStatus(IntEnum):
-    """How a trust-region subproblem min_p g^T p + 1/2 p^T B p, ||p|| <= radius was solved.
+class SolverStatus(IntEnum):
+    """Why a subproblem or Krylov solver stopped: the one status enum of the package.
 
-    An integer tensor in the device solvers' :class:`TrustRegionResult`, a Python int in the host
-    records (:func:`~lightning_sqn.subproblem.obs.solve_obs`, :class:`HostTrustRegionStep`).
+    Trust-region subproblems (min_p g^T p + 1/2 p^T B p, ||p|| <= radius; published as
+    ``last_step.subproblem_status``) end with one of the first six; the inner CG of Hessian-free
+    (published as ``last_step.cg_reason``) with ``CONVERGED``, ``PROGRESS``, ``CAP`` or
+    ``NEGATIVE_CURVATURE``. An integer tensor in the device solvers' :class:`TrustRegionResult`, a
+    Python int in the host records. ``SolverStatus(code).name`` gives the name.
     """
 
-    INTERIOR = 0  #: B positive definite and the Newton step -B^{-1} g lies inside the region (sigma = 0)
-    BOUNDARY = 1  #: ||p|| = radius with sigma > 0 from the secular equation
+    INTERIOR = 0  #: the solution lies inside the region (exact: sigma = 0; truncated CG: its stopping rule)
+    BOUNDARY = 1  #: ||p|| = radius (exact: sigma > 0 from the secular equation; CG: the iterate left it)
     HARD_CASE = 2  #: g has no component on the eigenspace of lambda_min < 0; eigen-direction added
     ZERO_GRADIENT = 3  #: g = 0 and B positive semidefinite: p = 0
-    NEGATIVE_CURVATURE = 4  #: truncated CG met p^T B p <= 0 and went to the boundary along p
-    CAP = 5  #: truncated CG stopped at its iteration cap inside the region
+    NEGATIVE_CURVATURE = 4  #: CG met p^T B p <= 0 (truncated CG went to the boundary along p)
+    CAP = 5  #: CG stopped at its iteration cap
+    CONVERGED = 6  #: CG's residual test was met (Hessian-free ``cg_tol``)
+    PROGRESS = 7  #: Martens' relative-progress rule stopped CG (Hessian-free)
+
+    @classmethod
+    def of(cls, reason: str) -> SolverStatus:
+        """The code of a CG run's reason string (``"converged"``, ``"progress"``, ``"cap"``, ...)."""
+        return cls[reason.upper()]
 
 
 @dataclass
@@ -38,7 +48,7 @@ class TrustRegionResult:
         sigma: Lagrange multiplier sigma >= 0 with (B + sigma I) p = -g.
         hit_boundary: bool, ||p|| = radius (up to the solver's tolerance).
         predicted_reduction: pred = -m(p) = -(g^T p + 1/2 p^T B p) >= 0.
-        status: :class:`SubproblemStatus` value as an int64 tensor.
+        status: :class:`SolverStatus` value as an int64 tensor.
         eigenvalues: the eigenvalues of B that the solver knows, ascending (for L-SR1 the distinct
             eigenvalues lambda_1..lambda_r of the parallel space followed by gamma, of multiplicity
             n - r; for dense solvers all n eigenvalues; ``None`` for truncated CG, which does not
@@ -65,15 +75,18 @@ class HostTrustRegionStep:
     the radius on the host.
 
     Attributes:
-        sigma: the multiplier of (B + sigma I) s = -g (0 for truncated CG).
+        sigma: the multiplier of (B + sigma I) s = -g (``None`` for truncated CG, which has none).
         predicted_reduction: pred = -m(s).
-        step_norm: ||s||.
-        status: :class:`SubproblemStatus` value.
+        step_norm: ||s|| (in the region's norm).
+        status: :class:`SolverStatus` value.
         eigenvalues: the eigenvalues of B the solver knows, ascending (``None`` for truncated CG).
+        extra: solver-specific fields of the step's :class:`~lightning_sqn.optim.stats.StepStats`
+            (e.g. ``cg_iterations``).
     """
 
-    sigma: float
+    sigma: float | None
     predicted_reduction: float
     step_norm: float
     status: int
     eigenvalues: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)

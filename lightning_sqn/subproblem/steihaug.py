@@ -29,9 +29,20 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_sqn.subproblem.result import SolverStatus
+
 __all__ = ["SteihaugResult", "solve_steihaug"]
 
 SteihaugReason = Literal["converged", "boundary", "negative_curvature", "cap"]
+
+
+#: Steihaug exit -> the status the trust-region steppers publish
+_STATUS = {
+    "converged": SolverStatus.INTERIOR,
+    "boundary": SolverStatus.BOUNDARY,
+    "negative_curvature": SolverStatus.NEGATIVE_CURVATURE,
+    "cap": SolverStatus.CAP,
+}
 
 
 @dataclass
@@ -60,6 +71,11 @@ class SteihaugResult:
     predicted_reduction: Tensor
     step_norm: Tensor
     residual_norm: float
+
+    @property
+    def status(self) -> SolverStatus:
+        """The exit as the status every trust-region solver publishes."""
+        return _STATUS[self.reason]
 
 
 def _boundary_root(sAs: float, sAp: float, pAp: float, radius: float) -> float:

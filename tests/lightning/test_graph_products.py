@@ -71,7 +71,7 @@ def test_sqn_strategy_keeps_the_graph_without_changes_to_the_module() -> None:
     assert model.before_backward == 2 * STEPS and all(model.after_backward_grads)
     record = opt.last_step.as_dict()
     assert record["hessian_products"] == 3 and record["pairs_sampled"] == 3
-    assert opt._graph is None  # released after the step
+    assert opt.evaluation.graph is None  # released after the step
 
 
 def test_lightning_run_equals_plain_pytorch_with_create_graph() -> None:

@@ -220,3 +220,41 @@ def test_full_batch_needs_exactly_one_batch_per_epoch(strategy: str) -> None:
     _trainer(max_steps=3, **settings).fit(model, full)
     opt = model.trainer.optimizers[0]
     assert opt.counters.steps == 3 and opt.counters.closure_evals == 4  # 2, then 1 per step
+
+
+class _WithScheduler(Regression):
+    def configure_optimizers(self) -> Any:
+        opt = self.make_optimizer(self.parameters())
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def test_scheduler_on_an_optimizer_without_learning_rate_is_refused_at_fit_start() -> None:
+    model = _WithScheduler(lambda p: lightning_sqn.LSR1(p))
+    with pytest.raises(MisconfigurationException, match="LSR1 has no learning rate"):
+        _trainer().fit(model, _loader())
+
+
+def test_scheduler_drives_the_learning_rate_of_lbfgs() -> None:
+    model = _WithScheduler(lambda p: lightning_sqn.LBFGS(p, lr=0.5, line_search=None))
+    _trainer(max_steps=3).fit(model, _loader())
+    opt = model.optimizers().optimizer
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * 0.1**3)
+    assert opt.last_step.step_length == pytest.approx(0.5 * 0.1**2)
+
+
+class _ManualWithoutClosure(Regression):
+    def __init__(self, make_optimizer: MakeOptimizer) -> None:
+        super().__init__(make_optimizer)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(super().training_step(batch, batch_idx))
+        opt.step()
+
+
+def test_manual_optimization_step_without_closure_gets_our_message() -> None:
+    with pytest.raises(RuntimeError, match=r"LSR1.step\(\) needs a closure.*optimizer.step\(closure=...\)"):
+        _trainer().fit(_ManualWithoutClosure(lambda p: lightning_sqn.LSR1(p)), _loader())

@@ -94,7 +94,7 @@ OPTIMIZER_CASES: list[OptimizerCase] = [
         lambda p: lightning_sqn.LBFGS(p),
         trust_region=False,
         nan_trial="backtrack",
-        group_option=("lr", 0.5),
+        group_option=("gamma", 2.0),
     ),
     OptimizerCase(
         "lbfgs_forget3",

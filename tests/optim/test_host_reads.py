@@ -20,12 +20,12 @@ from registry import OPTIMIZER_CASES, CountingClosure, make_batches, make_mlp
 
 import lightning_sqn
 from lightning_sqn._device import HostReadCounter, read_to_host, to_device, to_host
-from lightning_sqn.subproblem.result import SubproblemStatus
+from lightning_sqn.subproblem.result import SolverStatus
 
 TRUST_REGION = ["lsr1_tr_scaled", "lsr1_tr_eigen"]
 LINE_SEARCH = ["lsr1_ls_scaled", "lsr1_ls_eigen", "lbfgs", "lbfgs_forget3", "lbfgs_fixed_step"]
 SAMPLED = ["sampled_lsr1_hessian", "sampled_lsr1_gradient", "sampled_lbfgs_hessian"]
-INTERIOR, BOUNDARY = int(SubproblemStatus.INTERIOR), int(SubproblemStatus.BOUNDARY)
+INTERIOR, BOUNDARY = int(SolverStatus.INTERIOR), int(SolverStatus.BOUNDARY)
 CASES = {c.name: c for c in OPTIMIZER_CASES}
 STEPS = 10
 #: device operations outside the closure in one limited-memory step (see docs/benchmarks.md)
@@ -172,7 +172,7 @@ def test_float32_step_agrees_with_float64_algebra_on_the_same_pairs() -> None:
         opt.step(closure)
     lm, mat = opt._model, opt.matrix
     # The next step's subproblem in float32 storage: the model's own phases.
-    f = opt._evaluate(closure, lm.g)
+    f = opt.evaluation(closure, lm.g)
     values = to_host(lm.gather(f))
     lm.peek_gg(values)
     lm.absorb(values)

@@ -17,7 +17,7 @@ from test_hessian_free import lightning_fit
 from torch import Tensor, nn
 
 import lightning_sqn
-from lightning_sqn.optim.hessian_free import KrylovExit
+from lightning_sqn.subproblem.result import SolverStatus
 
 F = nn.functional
 
@@ -128,8 +128,8 @@ def test_lightning_fit_with_monitoring_callbacks(tmp_path) -> None:
     step_rows = [r for r in rows if r.get("sqn/radius")]
     assert len(step_rows) == 8
     names = ("radius", "next_radius", "rho", "accepted", "step_norm", "predicted_reduction")
-    for name in (*names, "cg_iterations", "cg_reason", "curvature_products"):
+    for name in (*names, "cg_iterations", "subproblem_status", "curvature_products"):
         assert all(r[f"sqn/{name}"] != "" for r in step_rows), name
-    assert all(float(r["sqn/cg_reason"]) in {int(k) for k in KrylovExit} for r in step_rows)
+    assert all(float(r["sqn/subproblem_status"]) in {int(k) for k in SolverStatus} for r in step_rows)
     assert all(float(r["sqn/closure_evals"]) == 2 for r in step_rows)
     assert [r for r in rows if r.get("sqn/skipped_updates")]

@@ -15,7 +15,7 @@ import torch
 from scipy.optimize import minimize
 
 from lightning_sqn.subproblem.exact import cauchy_point, solve_exact
-from lightning_sqn.subproblem.result import SubproblemStatus
+from lightning_sqn.subproblem.result import SolverStatus
 
 DTYPE = torch.float64
 
@@ -104,7 +104,7 @@ def test_positive_definite_interior(seed: int) -> None:
     newton = torch.linalg.solve(B, -g)
     radius = 1.5 * float(torch.linalg.vector_norm(newton))
     res = solve_exact(B, g, radius)
-    assert int(res.status) == SubproblemStatus.INTERIOR
+    assert int(res.status) == SolverStatus.INTERIOR
     assert float(res.sigma) == 0.0
     assert not bool(res.hit_boundary)
     torch.testing.assert_close(res.step, newton, rtol=1e-12, atol=1e-12)
@@ -121,7 +121,7 @@ def test_positive_definite_boundary(seed: int) -> None:
     g = torch.randn(n, generator=gen, dtype=DTYPE)
     radius = 0.3 * float(torch.linalg.vector_norm(torch.linalg.solve(B, g)))
     res = solve_exact(B, g, radius)
-    assert int(res.status) == SubproblemStatus.BOUNDARY
+    assert int(res.status) == SolverStatus.BOUNDARY
     assert float(res.sigma) > 0.0
     assert bool(res.hit_boundary)
     assert float(res.step_norm) == pytest.approx(radius, rel=1e-12)
@@ -139,7 +139,7 @@ def test_indefinite_boundary(seed: int, radius: float) -> None:
     g = torch.randn(n, generator=gen, dtype=DTYPE)
     assert float(torch.linalg.eigvalsh(B)[0]) < 0
     res = solve_exact(B, g, radius)
-    assert int(res.status) == SubproblemStatus.BOUNDARY
+    assert int(res.status) == SolverStatus.BOUNDARY
     assert float(res.sigma) > -float(res.eigenvalues[0])
     assert float(res.step_norm) == pytest.approx(radius, rel=1e-12)
     assert_optimal(B, g, radius, res, gen)
@@ -159,7 +159,7 @@ def test_hard_case(seed: int, multiplicity: int) -> None:
     p_hat = -Q[:, multiplicity:] @ (c / (lam[multiplicity:] + 2.0))  # p(-lambda_1) on the complement
     radius = 2.0 * float(torch.linalg.vector_norm(p_hat))
     res = solve_exact(B, g, radius)
-    assert int(res.status) == SubproblemStatus.HARD_CASE
+    assert int(res.status) == SolverStatus.HARD_CASE
     assert float(res.sigma) == pytest.approx(2.0, rel=1e-12)
     assert bool(res.hit_boundary)
     # closed form: p = p_hat + tau z with z in the eigenspace of lambda_1, ||p|| = radius
@@ -182,7 +182,7 @@ def test_hard_case_radius_too_small_is_boundary() -> None:
     p_hat = -Q[:, 1:] @ ((Q[:, 1:].T @ g) / (lam[1:] + 1.0))
     radius = 0.5 * float(torch.linalg.vector_norm(p_hat))
     res = solve_exact(B, g, radius)
-    assert int(res.status) == SubproblemStatus.BOUNDARY
+    assert int(res.status) == SolverStatus.BOUNDARY
     assert float(res.sigma) > 1.0
     assert_optimal(B, g, radius, res, gen)
     assert_matches_scipy(B, g, radius, res)
@@ -201,7 +201,7 @@ def test_nearly_hard_case(eps_g: float) -> None:
     p_hat = -Q[:, 1:] @ (coeff[1:] / (lam[1:] + 1.5))
     radius = 2.0 * float(torch.linalg.vector_norm(p_hat))
     res = solve_exact(B, g, radius)
-    assert int(res.status) == SubproblemStatus.BOUNDARY
+    assert int(res.status) == SolverStatus.BOUNDARY
     assert 1.5 < float(res.sigma) < 1.5 + 1e-3
     assert_optimal(B, g, radius, res, gen)
     assert_matches_scipy(B, g, radius, res, unique=False)
@@ -219,7 +219,7 @@ def test_singular_psd_min_norm_interior() -> None:
     expected = -torch.linalg.pinv(B, hermitian=True, rtol=1e-10) @ g
     radius = 3.0 * float(torch.linalg.vector_norm(expected))
     res = solve_exact(B, g, radius)
-    assert int(res.status) == SubproblemStatus.INTERIOR
+    assert int(res.status) == SolverStatus.INTERIOR
     assert float(res.sigma) == 0.0
     torch.testing.assert_close(res.step, expected, rtol=1e-10, atol=1e-12)
     assert_optimal(B, g, radius, res, gen)
@@ -231,7 +231,7 @@ def test_zero_gradient_positive_definite() -> None:
     B = A @ A.T + torch.eye(4, dtype=DTYPE)
     g = torch.zeros(4, dtype=DTYPE)
     res = solve_exact(B, g, 0.7)
-    assert int(res.status) == SubproblemStatus.ZERO_GRADIENT
+    assert int(res.status) == SolverStatus.ZERO_GRADIENT
     assert torch.equal(res.step, torch.zeros(4, dtype=DTYPE))
     assert float(res.sigma) == 0.0
     assert float(res.predicted_reduction) == 0.0
@@ -247,7 +247,7 @@ def test_zero_gradient_indefinite() -> None:
     g = torch.zeros(n, dtype=DTYPE)
     radius = 0.7
     res = solve_exact(B, g, radius)
-    assert int(res.status) == SubproblemStatus.HARD_CASE
+    assert int(res.status) == SolverStatus.HARD_CASE
     assert float(res.sigma) == pytest.approx(3.0, rel=1e-12)
     assert abs(float(Q[:, 0] @ res.step)) == pytest.approx(radius, rel=1e-12)
     # predicted reduction -1/2 lambda_1 radius^2, the global minimum of the model on the ball
@@ -300,7 +300,7 @@ def test_cauchy_point_closed_form_interior() -> None:
     # tau = ||g||^3 / (Delta g^T B g) = 2^{3/2} / 60 < 1: p = -(g^T g / g^T B g) g = -(1/3) g
     res = cauchy_point(B, g, 10.0)
     torch.testing.assert_close(res.step, torch.tensor([-1 / 3, -1 / 3], dtype=DTYPE), rtol=1e-15, atol=0)
-    assert int(res.status) == SubproblemStatus.INTERIOR
+    assert int(res.status) == SolverStatus.INTERIOR
     assert not bool(res.hit_boundary)
     assert float(res.predicted_reduction) == pytest.approx(1 / 3, rel=1e-14)  # (g^T g)^2 / (2 g^T B g)
     assert float(res.step_norm) == pytest.approx(math.sqrt(2) / 3, rel=1e-14)
@@ -314,7 +314,7 @@ def test_cauchy_point_closed_form_boundary() -> None:
     res = cauchy_point(B, g, 0.1)  # ||g||^3 / (Delta g^T B g) = 2^{3/2} / 0.6 > 1: tau = 1
     expected = -0.1 * g / math.sqrt(2)
     torch.testing.assert_close(res.step, expected, rtol=1e-15, atol=0)
-    assert int(res.status) == SubproblemStatus.BOUNDARY
+    assert int(res.status) == SolverStatus.BOUNDARY
     assert bool(res.hit_boundary)
     assert float(res.step_norm) == pytest.approx(0.1, rel=1e-15)
     assert float(res.predicted_reduction) == pytest.approx(-float(model(B, g, expected)), rel=1e-14)
@@ -325,7 +325,7 @@ def test_cauchy_point_negative_curvature_goes_to_boundary() -> None:
     g = torch.tensor([3.0, 0.0, 4.0], dtype=DTYPE)
     res = cauchy_point(B, g, 2.0)
     torch.testing.assert_close(res.step, -2.0 * g / 5.0, rtol=1e-15, atol=0)
-    assert int(res.status) == SubproblemStatus.BOUNDARY
+    assert int(res.status) == SolverStatus.BOUNDARY
     # pred = Delta ||g|| + 1/2 Delta^2 = 10 + 2
     assert float(res.predicted_reduction) == pytest.approx(12.0, rel=1e-14)
 
@@ -362,7 +362,7 @@ def test_cauchy_point_accepts_operator_and_tensor_radius() -> None:
 def test_cauchy_point_zero_gradient() -> None:
     res = cauchy_point(torch.eye(3, dtype=DTYPE), torch.zeros(3, dtype=DTYPE), 1.0)
     assert torch.equal(res.step, torch.zeros(3, dtype=DTYPE))
-    assert int(res.status) == SubproblemStatus.ZERO_GRADIENT
+    assert int(res.status) == SolverStatus.ZERO_GRADIENT
     assert float(res.predicted_reduction) == 0.0
     assert float(res.step_norm) == 0.0
     assert not bool(res.hit_boundary)

@@ -15,10 +15,10 @@ import torch
 from lightning_sqn.qn.lsr1 import LSR1Matrix
 from lightning_sqn.subproblem.exact import solve_exact
 from lightning_sqn.subproblem.obs import solve_obs, solve_obs_host
-from lightning_sqn.subproblem.result import SubproblemStatus
+from lightning_sqn.subproblem.result import SolverStatus
 
 DTYPE = torch.float64
-INTERIOR, BOUNDARY, HARD = SubproblemStatus.INTERIOR, SubproblemStatus.BOUNDARY, SubproblemStatus.HARD_CASE
+INTERIOR, BOUNDARY, HARD = SolverStatus.INTERIOR, SolverStatus.BOUNDARY, SolverStatus.HARD_CASE
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -57,7 +57,7 @@ def check(
     g: torch.Tensor,
     radius: float,
     *,
-    status: SubproblemStatus | None = None,
+    status: SolverStatus | None = None,
     unique: bool = True,
     tol: float = 1e-9,
     step_rtol: float = 1e-8,
@@ -302,7 +302,7 @@ def test_zero_gradient() -> None:
     n, m = 10, 4
     g = torch.zeros(n, dtype=DTYPE)
     mat = pd_matrix(n, m, gen)
-    res, _, _ = check(mat, g, 1.0, status=SubproblemStatus.ZERO_GRADIENT)
+    res, _, _ = check(mat, g, 1.0, status=SolverStatus.ZERO_GRADIENT)
     assert float(res.step.abs().max()) == 0.0 and float(res.predicted_reduction) == 0.0
     assert not bool(res.hit_boundary)
     # Indefinite B and g = 0: the step is radius times an eigenvector of lambda_min.

@@ -30,11 +30,11 @@ import torch
 from lightning_sqn.qn.lsr1 import CompactFactors, LSR1Matrix
 from lightning_sqn.subproblem.exact import solve_exact
 from lightning_sqn.subproblem.obs import NEWTON_ITERS, HostOBSSolution, solve_obs_host
-from lightning_sqn.subproblem.result import SubproblemStatus
+from lightning_sqn.subproblem.result import SolverStatus
 
 DTYPE = torch.float64
-INTERIOR, BOUNDARY = int(SubproblemStatus.INTERIOR), int(SubproblemStatus.BOUNDARY)
-HARD, ZERO = int(SubproblemStatus.HARD_CASE), int(SubproblemStatus.ZERO_GRADIENT)
+INTERIOR, BOUNDARY = int(SolverStatus.INTERIOR), int(SolverStatus.BOUNDARY)
+HARD, ZERO = int(SolverStatus.HARD_CASE), int(SolverStatus.ZERO_GRADIENT)
 DEFAULT_RANK_TOL = float(np.finfo(np.float64).eps) ** (1.0 / 3.0)
 
 

@@ -151,7 +151,7 @@ class CurvaturePairSampler(Callback):
                 f"CurvaturePairSampler(num_pairs={m}) exceeds the optimizer's memory={memory}; the "
                 "memory keeps only its newest pairs. Use num_pairs <= memory."
             )
-        self._sampler = DirectionSampler(m, self.sample_radius, opt._flat.device, self.seed)
+        self._sampler = DirectionSampler(m, self.sample_radius, opt.evaluation.flat.device, self.seed)
         seed = self.seed if self.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         self._batch_generator.manual_seed(seed)
         if self._pending_state is not None:
@@ -207,7 +207,7 @@ class CurvaturePairSampler(Callback):
         opt = self._optimizer(trainer)
         assert self._sampler is not None
         curvature_batch = self._draw_batch(trainer, batch)
-        flat = opt._flat
+        flat = opt.evaluation.flat
         params = flat.params
         buffers = running_stat_buffers(pl_module)
         saved = [b.detach().clone() for b in buffers]
@@ -250,7 +250,7 @@ class CurvaturePairSampler(Callback):
 
     @staticmethod
     def _flat_grad(opt: LSR1 | LBFGS, grads: tuple[Tensor | None, ...]) -> Tensor:
-        g = opt._flat.flatten(grads)
+        g = opt.evaluation.flat.flatten(grads)
         return g if opt.communicator is None else opt.communicator.all_reduce_mean(g)
 
     # ------------------------------------------------------------------ state

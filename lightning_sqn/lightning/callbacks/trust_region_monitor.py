@@ -34,7 +34,7 @@ from lightning_sqn.lightning.callbacks._utils import (
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-    from lightning_sqn.optim.base import StepStats
+    from lightning_sqn.optim.stats import StepStats
 
 #: the StepStats scalars logged per step (those that are ``None`` for a method are left out)
 STEP_FIELDS: tuple[str, ...] = (
@@ -50,6 +50,7 @@ STEP_FIELDS: tuple[str, ...] = (
     "eig_min",
     "eig_max",
     "num_negative_eigs",
+    "subproblem_status",
     "gamma",
     "pairs_in_memory",
     # sampled quasi-Newton, Hessian-free and trust-region Newton
@@ -67,7 +68,7 @@ STEP_FIELDS: tuple[str, ...] = (
 #: counts that the epoch aggregation sums instead of averaging
 SUMMED_FIELDS: frozenset[str] = frozenset({"closure_evals", "hessian_products", "curvature_products"})
 #: codes (not quantities): logged per step, left out of the epoch means
-CATEGORICAL_FIELDS: frozenset[str] = frozenset({"cg_reason"})
+CATEGORICAL_FIELDS: frozenset[str] = frozenset({"cg_reason", "subproblem_status"})
 
 
 class TrustRegionMonitor(Callback):
@@ -84,7 +85,7 @@ class TrustRegionMonitor(Callback):
       ``gamma`` (:math:`B_0 = \gamma I`) and ``pairs_in_memory``;
     * for sampled quasi-Newton: ``pairs_sampled``, ``pairs_kept``, ``hessian_products``; for
       Hessian-free and trust-region Newton: ``curvature_products``, ``damping`` (lambda),
-      ``cg_iterations``, ``cg_reason`` (a :class:`~lightning_sqn.optim.hessian_free.KrylovExit` code),
+      ``cg_iterations``, ``cg_reason`` (a :class:`~lightning_sqn.subproblem.result.SolverStatus` code),
       ``backtrack_index`` (the CG iterate chosen), ``warmup`` (1 on first-order warm-up steps).
 
     Quantities a method does not have (the radius of a line-search method, the spectrum of L-BFGS)
