@@ -1,5 +1,6 @@
-"""Globalization: trust-region radius policy and line searches."""
+"""Globalization: trust-region radius policy, line searches and the Hessian-free damping rule."""
 
+from lightning_sqn.globalization.damping import LevenbergMarquardt
 from lightning_sqn.globalization.linesearch import (
     ArmijoBacktracking,
     LineSearch,
@@ -8,4 +9,11 @@ from lightning_sqn.globalization.linesearch import (
 )
 from lightning_sqn.globalization.trust_region import TrustRegionPolicy
 
-__all__ = ["ArmijoBacktracking", "LineSearch", "LineSearchResult", "StrongWolfe", "TrustRegionPolicy"]
+__all__ = [
+    "ArmijoBacktracking",
+    "LevenbergMarquardt",
+    "LineSearch",
+    "LineSearchResult",
+    "StrongWolfe",
+    "TrustRegionPolicy",
+]

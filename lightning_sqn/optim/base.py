@@ -12,7 +12,6 @@ list their state in :meth:`QuasiNewtonOptimizer._parts`.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +24,12 @@ from lightning_sqn._state import Part, as_number, require_keys
 from lightning_sqn.curvature.graph import LIGHTNING_STRATEGY_NEEDED
 from lightning_sqn.distributed.communicator import Communicator, check_communicator
 from lightning_sqn.optim.evaluation import Closure, Evaluation
+from lightning_sqn.optim.groups import (
+    NO_LEARNING_RATE,
+    check_groups,
+    group_learning_rate,
+    without_learning_rate,
+)
 from lightning_sqn.optim.running_stats import RunningStats, running_stat_buffers
 from lightning_sqn.optim.stats import Counters, StepStats
 
@@ -37,40 +42,6 @@ CLOSURE_REQUIRED = (
     "manual optimization. Lightning's 16-mixed precision (GradScaler) and DeepSpeed call step() without "
     "a closure after one evaluation: use precision='32-true', '64-true' or 'bf16-mixed' instead."
 )
-
-NO_LEARNING_RATE = (
-    "{name} has no learning rate (its steps are sized by a {sizing}), so a learning-rate scheduler "
-    "cannot drive it. Remove the scheduler (in Lightning: return only the optimizer from "
-    "configure_optimizers)."
-)
-
-
-class NoLearningRateError(MisconfigurationException, KeyError):
-    """A learning rate was asked of an optimizer that has none (e.g. by a learning-rate scheduler)."""
-
-    def __str__(self) -> str:  # KeyError would show the message's repr
-        return str(self.args[0])
-
-
-class _Group(dict):
-    """A parameter group of an optimizer without a learning rate: reading ``group["lr"]`` (as every
-    torch scheduler does) raises :class:`NoLearningRateError` instead of a bare ``KeyError: 'lr'``."""
-
-    message = NO_LEARNING_RATE
-
-    def __missing__(self, key: Any) -> Any:
-        if key in ("lr", "initial_lr"):
-            raise NoLearningRateError(self.message)
-        raise KeyError(key)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    try:
-        return bool(a == b)
-    except Exception:  # objects without a usable __eq__ (e.g. tensors)
-        return a is b
 
 
 def _is_lightning_closure(closure: Closure) -> bool:
@@ -206,53 +177,24 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ groups
     def _check_groups(self, groups: list[dict[str, Any]] | None = None) -> None:
-        """ValueError if a group (of ``groups``, default ``param_groups``) sets an option differently
-        from the constructor (except the :attr:`group_options`), sets one this optimizer does not have,
-        or differs from another group."""
-        groups = self.param_groups if groups is None else groups
-        name = type(self).__name__
-        first = groups[0]
-        allowed = set(self.defaults) | {"params"}
-        if "lr" in self.group_options:
-            allowed.add("initial_lr")  # written by torch's learning-rate schedulers
-        for i, group in enumerate(groups):
-            for key, value in group.items():
-                if key not in allowed:
-                    raise ValueError(
-                        f"{name} has no option {key!r}, but parameter group {i} sets it; its options are "
-                        f"{sorted(self.defaults)}. Remove {key!r} from the group."
-                    )
-                if key == "params":
-                    continue
-                if (
-                    key in self.defaults
-                    and key not in self.group_options
-                    and not _same(value, self.defaults[key])
-                ):
-                    # The options are read from the constructor: a group value that differs would be
-                    # shown in param_groups but silently ignored.
-                    raise ValueError(
-                        f"{name} reads its options from its constructor, not from parameter "
-                        f"groups: group {i} sets {key}={value!r} but the optimizer was built with "
-                        f"{key}={self.defaults[key]!r}. Pass {key}={value!r} to the optimizer instead."
-                    )
-                if i > 0 and not _same(value, first.get(key)):
-                    raise ValueError(
-                        f"{name} treats all parameters as one vector with one curvature "
-                        f"model, so parameter groups cannot have different options: group {i} sets "
-                        f"{key}={value!r} but group 0 has {key}={first.get(key)!r}. Give the option once, "
-                        "to the optimizer."
-                    )
+        """ValueError for groups (default ``param_groups``) whose options the optimizer would ignore."""
+        check_groups(
+            type(self).__name__,
+            self.defaults,
+            self.group_options,
+            self.param_groups if groups is None else groups,
+        )
 
     def _wrap_groups(self) -> None:
         """Without a learning rate, groups answer ``group["lr"]`` with :class:`NoLearningRateError`."""
-        if "lr" in self.group_options:
-            return
-        message = NO_LEARNING_RATE.format(name=type(self).__name__, sizing=self.step_sizing)
-        groups = [_Group(g) for g in self.param_groups]
-        for g in groups:
-            g.message = message
-        self.param_groups = groups
+        if "lr" not in self.group_options:
+            message = NO_LEARNING_RATE.format(name=type(self).__name__, sizing=self.step_sizing)
+            self.param_groups = without_learning_rate(self.param_groups, message)
+
+    def learning_rate(self) -> float:
+        """The learning rate of this step, read from the groups (a scheduler may have changed it);
+        :class:`NoLearningRateError` for an optimizer without one."""
+        return group_learning_rate(type(self).__name__, self.param_groups)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if getattr(self, "_flat", None) is not None:
@@ -262,20 +204,6 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
                 "parameters instead."
             )
         super().add_param_group(param_group)
-
-    def learning_rate(self) -> float:
-        """The learning rate of this step, read from the groups (a scheduler may have changed it);
-        :class:`NoLearningRateError` for an optimizer without one."""
-        lrs = {float(g["lr"]) for g in self.param_groups}
-        if len(lrs) != 1:
-            raise ValueError(
-                f"{type(self).__name__} treats all parameters as one vector, so every parameter group must "
-                f"have the same lr; the groups have {sorted(lrs)}"
-            )
-        lr = lrs.pop()
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"{type(self).__name__}: lr must be finite and > 0, the groups hold {lr!r}")
-        return lr
 
     # ------------------------------------------------------------ step
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]

@@ -1,13 +1,18 @@
-"""Dense BFGS and SR1 for tiny models (the full-matrix baselines of the sampled quasi-Newton paper)."""
+"""Dense BFGS and SR1 for tiny models (the full-matrix baselines of the sampled quasi-Newton paper),
+and :class:`DenseModel`, their curvature model for the shared steppers."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, Literal
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from lightning_sqn import _checks as checks
+from lightning_sqn._device import to_host
 from lightning_sqn.globalization.linesearch import (
     ArmijoBacktracking,
     LineSearch,
@@ -16,9 +21,97 @@ from lightning_sqn.globalization.linesearch import (
 )
 from lightning_sqn.globalization.trust_region import DEFAULT_POLICY, TrustRegionPolicy, check_policy
 from lightning_sqn.optim.base import QuasiNewtonOptimizer
-from lightning_sqn.optim.models import DenseModel
-from lightning_sqn.optim.steppers import LineSearchStepper, TrustRegionStepper
+from lightning_sqn.optim.line_search_stepper import LineSearchStepper
+from lightning_sqn.optim.models import ROW_S, ROW_Y, StagingModel
+from lightning_sqn.optim.steppers import TrustRegionStepper
 from lightning_sqn.qn.dense import MAX_DENSE_DIM, DenseBFGS, DenseQuasiNewton, DenseSR1
+from lightning_sqn.subproblem.exact import solve_exact
+from lightning_sqn.subproblem.result import HostTrustRegionStep
+
+
+class DenseModel(StagingModel):
+    """A dense :class:`DenseSR1` / :class:`DenseBFGS` matrix; the subproblem is solved exactly (eigh).
+
+    For tiny models only: it decides on the host after reading what it needs, and offers the staged
+    pair at the start of the next step like the limited-memory model.
+    """
+
+    def __init__(self, matrix: DenseQuasiNewton, device: torch.device, dtype: torch.dtype) -> None:
+        self.matrix = matrix
+        n = matrix.n
+        self.work = torch.zeros(3, n, dtype=dtype, device=device)  # g, s, y
+        self._init_rows()
+
+    def gather(self, f: Tensor) -> Tensor:
+        return torch.stack((f, self.g @ self.g))
+
+    def peek_gg(self, values: np.ndarray) -> float:
+        return float(values[1])
+
+    def absorb(self, values: np.ndarray) -> tuple[bool | None, int]:
+        self._gg = float(values[1])
+        if not self.staged:
+            return None, 0
+        self.staged = False
+        return bool(self.matrix.update(self._rows[ROW_S], self._rows[ROW_Y])), 0
+
+    def solve(self, radius: float) -> HostTrustRegionStep:
+        res = solve_exact(self.matrix.to_dense(), self.g, radius)
+        self.s.copy_(res.step)
+        sigma, pred, norm, status = to_host(res.sigma, res.predicted_reduction, res.step_norm, res.status)
+        eig = None if res.eigenvalues is None else res.eigenvalues.numpy(force=True).astype(np.float64)
+        return HostTrustRegionStep(
+            sigma=float(sigma),
+            predicted_reduction=float(pred),
+            step_norm=float(norm),
+            status=int(status),
+            eigenvalues=eig,
+        )
+
+    def direction(self) -> tuple[float, float]:
+        torch.neg(self.matrix.inv_mv(self.g), out=self.s)
+        gd, dd = to_host(self.g @ self.s, self.s @ self.s)
+        return float(gd), math.sqrt(max(float(dd), 0.0))
+
+    def stage_trust_region(self, g_trial: Tensor, sigma: float) -> None:
+        del sigma  # the dense update forms y - B s itself
+        torch.sub(g_trial, self.g, out=self._rows[ROW_Y])
+        self.staged = True
+
+    def pairs(self) -> int:
+        return int(self.matrix.num_updates)
+
+    def gamma(self) -> float:
+        return float(self.matrix.gamma)
+
+    def reset(self) -> None:
+        self.matrix.reset()
+        self.staged = False
+
+    def state_dict(self) -> dict:
+        return {**self.matrix.state_dict(), **self._staged_state()}
+
+    def check_state(self, state: dict) -> None:
+        self._check_staged_state(state)
+        self.matrix.check_state(self._matrix_state(state))
+
+    @staticmethod
+    def _matrix_state(state: dict) -> dict:
+        return {k: v for k, v in state.items() if k not in ("staged", "staged_rows")}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.check_state(state)
+        self.matrix.load_state_dict(self._matrix_state(state))
+        self._load_staged_state(state)
+
+    def begin(self) -> tuple:
+        """The matrix by reference, the staged flag and a copy of the (tiny) work rows."""
+        return self.matrix.begin(), self.staged, self.work.clone()
+
+    def rollback(self, token: tuple) -> None:
+        matrix, self.staged, work = token
+        self.work.copy_(work)
+        self.matrix.rollback(matrix)
 
 
 class _DenseOptimizer(QuasiNewtonOptimizer):

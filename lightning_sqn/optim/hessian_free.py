@@ -10,9 +10,7 @@ hessian-free-martens-2010-slides.txt``) and of ``../shared/REFERENCES.md``, sect
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -30,76 +28,19 @@ from lightning_sqn.curvature.capture import (
     ggn_matvec,
 )
 from lightning_sqn.curvature.ggn import LOSSES, GGNLoss
+from lightning_sqn.globalization.damping import LevenbergMarquardt
 from lightning_sqn.globalization.linesearch import (
     ArmijoBacktracking,
     LineSearch,
-    LineSearchResult,
     resolve_line_search,
 )
-from lightning_sqn.krylov.cg import CGResult, ProgressWindow, cg_backtrack, solve_cg
+from lightning_sqn.krylov.cg import CGResult, ProgressWindow, solve_cg
 from lightning_sqn.optim.base import QuasiNewtonOptimizer
+from lightning_sqn.optim.damped_stepper import DampedStepper
 from lightning_sqn.optim.evaluation import Closure
 from lightning_sqn.optim.stats import StepStats
-from lightning_sqn.subproblem.result import SolverStatus
 
 Curvature = Literal["ggn", "hessian"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class LevenbergMarquardt:
-    """Martens' Levenberg-Marquardt heuristic for the damping lambda (slide listing the method's
-    ingredients: "using a Levenburg-Marquardt style heuristic for adjusting the damping parameter";
-    constants from REFERENCES.md, "Hessian-free"):
-
-    .. math::
-
-        \\lambda \\leftarrow \\begin{cases}
-            \\tfrac32 \\lambda & \\rho < \\tfrac14 \\ (\\text{or } \\rho \\text{ undefined}), \\\\
-            \\tfrac23 \\lambda & \\rho > \\tfrac34, \\\\
-            \\lambda & \\text{otherwise},
-        \\end{cases}
-
-    with the reduction ratio ``rho = (f(x + p) - f(x)) / q(p)`` (see :class:`HessianFree`). The result is
-    kept above ``min_damping`` so that it never underflows to zero.
-
-    Args:
-        low: boost below this ratio (1/4).
-        high: drop above this ratio (3/4).
-        boost: factor > 1 (3/2).
-        drop: factor in (0, 1) (2/3).
-        min_damping: lower clamp, ``>= 0`` (the dtype's smallest normal number is applied in any case).
-
-    Raises:
-        ValueError: unless ``0 < low < high``, ``boost > 1``, ``0 < drop < 1``, ``min_damping >= 0``.
-
-    Example:
-        >>> LevenbergMarquardt().update(1.0, rho=0.1), LevenbergMarquardt().update(1.0, rho=0.9)
-        (1.5, 0.6666666666666666)
-    """
-
-    low: float = 0.25
-    high: float = 0.75
-    boost: float = 1.5
-    drop: float = 2.0 / 3.0
-    min_damping: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.low < self.high:
-            raise ValueError(f"need 0 < low < high, got low={self.low}, high={self.high}")
-        if not (self.boost > 1.0 and math.isfinite(self.boost)):
-            raise ValueError(f"boost must be finite and > 1, got {self.boost}")
-        if not 0.0 < self.drop < 1.0:
-            raise ValueError(f"drop must satisfy 0 < drop < 1, got {self.drop}")
-        if not (self.min_damping >= 0.0 and math.isfinite(self.min_damping)):
-            raise ValueError(f"min_damping must be finite and >= 0, got {self.min_damping}")
-
-    def update(self, damping: float, rho: float) -> float:
-        """The next lambda from the current one and the reduction ratio (NaN counts as ``rho < low``)."""
-        if not rho >= self.low:
-            damping *= self.boost
-        elif rho > self.high:
-            damping *= self.drop
-        return max(damping, self.min_damping)
 
 
 def _martens_line_search() -> ArmijoBacktracking:
@@ -301,12 +242,13 @@ class HessianFree(QuasiNewtonOptimizer):
         self.curvature_batch_fraction = curvature_batch_fraction
         self.line_search: LineSearch | None = line_search
         self.damping_rule = damping_rule or LevenbergMarquardt()
+        self._stepper = DampedStepper(self.evaluation, line_search, self.damping_rule, curvature == "hessian")
         self.needs_graph = curvature == "hessian"
         flat = self._flat
         self.damping = torch.tensor(float(damping), dtype=flat.dtype, device=flat.device)
         self._p_prev = flat.new_zeros()  # the previous CG run's last iterate (warm start)
         self._has_prev = False
-        self._g, self._g_trial = flat.new_zeros(), flat.new_zeros()
+        self._g = flat.new_zeros()
         self._capture: ForwardCapture | None = None
         self._state = AttributeState(
             self, {"damping": "damping", "p_prev": "_p_prev", "has_prev": "_has_prev"}, "HessianFree"
@@ -399,7 +341,6 @@ class HessianFree(QuasiNewtonOptimizer):
                 f"needs the network's input and output at x_k, but no module is watched. {CAPTURE_HINTS}"
             )
         ev = self.evaluation
-        x = ev.x
         g = self._g
         if capture is not None and self._needs_capture():
             capture.arm()
@@ -416,113 +357,15 @@ class HessianFree(QuasiNewtonOptimizer):
             ev.graph = None  # free the activations before the trial evaluations
             if capture is not None:
                 capture.clear()
-        self._p_prev.copy_(res.x)
-        self._has_prev = True
-        return self._globalize(closure, x, g, f0_t, lam, res, warm)
-
-    def _globalize(
-        self, closure: Closure, x: Tensor, g: Tensor, f0_t: Tensor, lam: float, res: CGResult, warm: bool
-    ) -> StepStats:
-        """CG backtracking, the damping update and the line search (steps 4-6 of the class docstring)."""
-        flat = self._flat
-        g_trial = self._g_trial
-        f0 = float(f0_t)
-        cold_zero = res.iterates[0][0] == 0 and not warm  # CG took no step from x_0 = 0
-        evaluated: dict[int, tuple[float, float, int]] = {}  # id(p) -> (f, dphi, evaluation index)
-
-        def evaluate_at(direction: Tensor, alpha: float) -> tuple[float, float]:
-            flat.set_params(torch.add(x, direction, alpha=alpha))
-            f = float(self.evaluation(closure, g_trial))
-            return f, float(g_trial @ direction)
-
-        def objective(p: Tensor) -> float:  # f(x + p) of a stored CG iterate
-            if cold_zero and p is res.iterates[0][1]:
-                return f0  # p = 0: no evaluation needed
-            f, dphi = evaluate_at(p, 1.0)
-            evaluated[id(p)] = (f, dphi, self.evaluation.count - 1)
-            return f
-
-        position, f_p = cg_backtrack(res.iterates, objective)
-        i_chosen, p = res.iterates[position]
-        f_p = float(f_p)
-        q_p = float(res.q_values[i_chosen])
-        rho = (f_p - f0) / q_p if q_p < 0.0 and math.isfinite(f_p) else -math.inf
-        next_lam = max(self.damping_rule.update(lam, rho), torch.finfo(flat.dtype).tiny)
-
-        dphi0 = float(g @ p)
-        alpha, f_trial, ls = 0.0, f_p, None
-        eval_index = evaluated.get(id(p), (0.0, 0.0, 0))[2]
-        if dphi0 < 0.0 and math.isfinite(dphi0):
-            if self.line_search is None:
-                alpha = 1.0 if f_p < f0 else 0.0
-            else:
-                at: dict[float, int] = {}
-
-                def phi(a: float) -> tuple[float, float]:
-                    if a == 1.0 and id(p) in evaluated:  # known from CG backtracking
-                        f, dphi, _ = evaluated[id(p)]
-                        return f, dphi
-                    f, dphi = evaluate_at(p, a)
-                    at[a] = self.evaluation.count - 1
-                    return f, dphi
-
-                ls = self.line_search.search(phi, f0, dphi0, 1.0)
-                alpha, f_trial = ls.step_length, ls.f
-                if alpha > 0.0 and alpha in at:
-                    eval_index = at[alpha]
-        accepted = alpha > 0.0
-        flat.set_params(torch.add(x, p, alpha=alpha) if accepted else x)
-        self.evaluation.commit_running_stats(accepted, if_accepted=eval_index, if_rejected=0)
+        stats, next_lam = self._stepper.step(closure, g, f0_t, lam, res, warm)
         self.damping.fill_(next_lam)
-        return self._stats(f0_t, f0, f_p, f_trial, q_p, rho, lam, alpha, p, res, i_chosen, ls)
-
-    def _stats(
-        self,
-        f0_t: Tensor,
-        f0: float,
-        f_p: float,
-        f_trial: float,
-        q_p: float,
-        rho: float,
-        lam: float,
-        alpha: float,
-        p: Tensor,
-        res: CGResult,
-        i_chosen: int,
-        ls: LineSearchResult | None,
-    ) -> StepStats:
-        flat = self._flat
-
-        def t(v: float | bool) -> Tensor:
-            return torch.full(
-                (), v, dtype=torch.bool if isinstance(v, bool) else flat.dtype, device=flat.device
-            )
-
-        return StepStats(
-            loss=f0_t,
-            closure_evals=self.evaluation.count,
-            accepted=t(alpha > 0.0),
-            step_norm=torch.linalg.vector_norm(p).mul(alpha),
-            pair_stored=None,
-            pairs_in_memory=0,
-            trial_loss=t(f_trial),
-            rho=t(rho),
-            predicted_reduction=t(-q_p),
-            actual_reduction=t(f0 - f_p),
-            step_length=alpha,
-            line_search_success=None if ls is None else ls.success,
-            line_search_reason=None if ls is None else ls.reason,
-            hessian_products=res.matvecs if self.curvature == "hessian" else None,
-            curvature_products=res.matvecs,
-            damping=t(lam),
-            cg_iterations=res.iterations,
-            cg_reason=int(SolverStatus.of(res.reason)),
-            backtrack_index=i_chosen,
-        )
+        self._p_prev.copy_(res.x)  # the next CG run's warm start (after the last closure call)
+        self._has_prev = True
+        return stats
 
     # ------------------------------------------------------------ state
     def _parts(self) -> dict[str, Part]:
         return {"hessian_free": self._state}
 
 
-__all__ = ["HessianFree", "LevenbergMarquardt"]
+__all__ = ["HessianFree"]

@@ -11,9 +11,9 @@ from lightning_sqn import _checks as checks
 from lightning_sqn.globalization.linesearch import LineSearch, StrongWolfe, resolve_line_search
 from lightning_sqn.optim.base import QuasiNewtonOptimizer
 from lightning_sqn.optim.evaluation import Closure
+from lightning_sqn.optim.line_search_stepper import LineSearchStepper
 from lightning_sqn.optim.models import LimitedMemoryModel
 from lightning_sqn.optim.stats import StepStats
-from lightning_sqn.optim.steppers import LineSearchStepper
 from lightning_sqn.qn.lbfgs import LBFGSMatrix
 
 

@@ -11,8 +11,9 @@ from lightning_sqn import _checks as checks
 from lightning_sqn.globalization.linesearch import ArmijoBacktracking, LineSearch, resolve_line_search
 from lightning_sqn.globalization.trust_region import DEFAULT_POLICY, TrustRegionPolicy, check_policy
 from lightning_sqn.optim.base import QuasiNewtonOptimizer
+from lightning_sqn.optim.line_search_stepper import LineSearchStepper
 from lightning_sqn.optim.models import LimitedMemoryModel
-from lightning_sqn.optim.steppers import LineSearchStepper, TrustRegionStepper
+from lightning_sqn.optim.steppers import TrustRegionStepper
 from lightning_sqn.qn.lsr1 import GammaChoice, LSR1Matrix
 from lightning_sqn.subproblem.obs import NEWTON_ITERS
 

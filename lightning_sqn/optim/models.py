@@ -31,16 +31,14 @@ from torch import Tensor
 
 from lightning_sqn._device import to_host
 from lightning_sqn.qn.base import LimitedMemoryMatrix
-from lightning_sqn.qn.dense import DenseQuasiNewton
 from lightning_sqn.qn.lsr1 import LSR1Matrix
-from lightning_sqn.subproblem.exact import solve_exact
 from lightning_sqn.subproblem.obs import NEWTON_ITERS, solve_obs_projected
 from lightning_sqn.subproblem.result import HostTrustRegionStep
 
-_G, _Y, _S, _R = 0, 1, 2, 3  # rows of the work buffer: g first (see PairMemory.combine_work)
+ROW_G, ROW_Y, ROW_S, ROW_R = 0, 1, 2, 3  # rows of the work buffer: g first (see PairMemory.combine_work)
 
 
-class _StagingModel:
+class StagingModel:
     """What every model shares: the work rows (g, s, y[, r]), the staged pair and its state.
 
     Subclasses set ``work`` (a ``(k, n)`` tensor) and call :meth:`_init_rows`.
@@ -72,11 +70,11 @@ class _StagingModel:
 
     @property
     def g(self) -> Tensor:
-        return self._rows[_G]
+        return self._rows[ROW_G]
 
     @property
     def s(self) -> Tensor:
-        return self._rows[_S]
+        return self._rows[ROW_S]
 
     def gamma(self) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -92,33 +90,37 @@ class _StagingModel:
 
     def stage_line_search(self, g_trial: Tensor, alpha: float) -> None:
         """s = alpha d (d is in the s row), y = g(x + s) - g(x)."""
-        self._rows[_S].mul_(alpha)
-        torch.sub(g_trial, self._rows[_G], out=self._rows[_Y])
+        self._rows[ROW_S].mul_(alpha)
+        torch.sub(g_trial, self._rows[ROW_G], out=self._rows[ROW_Y])
         self.staged = True
 
     def _staged_state(self) -> dict:
         """The staged pair: every row after g (which is scratch)."""
-        rows = self.work[_G + 1 :]
+        rows = self.work[ROW_G + 1 :]
         # without a staged pair the rows are scratch: saved as zeros, so equal states compare equal
         return {"staged": self.staged, "staged_rows": rows if self.staged else torch.zeros_like(rows)}
 
     def _check_staged_state(self, state: dict) -> None:
         rows = state.get("staged_rows") if isinstance(state, dict) else None
-        if "staged" not in state or not isinstance(rows, Tensor) or rows.shape != self.work[_G + 1 :].shape:
+        if (
+            "staged" not in state
+            or not isinstance(rows, Tensor)
+            or rows.shape != self.work[ROW_G + 1 :].shape
+        ):
             raise ValueError(
                 "the staged-pair rows in this state do not fit this optimizer (expected 'staged_rows' of "
-                f"shape {tuple(self.work[_G + 1 :].shape)})"
+                f"shape {tuple(self.work[ROW_G + 1 :].shape)})"
             )
 
     def _load_staged_state(self, state: dict) -> None:
-        self.work[_G + 1 :].copy_(state["staged_rows"].to(self.work))
+        self.work[ROW_G + 1 :].copy_(state["staged_rows"].to(self.work))
         self.staged = bool(state["staged"])
 
     def commit(self) -> None:
         self.matrix.commit()
 
 
-class LimitedMemoryModel(_StagingModel):
+class LimitedMemoryModel(StagingModel):
     """An :class:`LSR1Matrix` or :class:`LBFGSMatrix` as trust-region or line-search model.
 
     The matrix must be built with ``work_rows=4`` (trust region: g, y, s and the residual
@@ -145,9 +147,16 @@ class LimitedMemoryModel(_StagingModel):
         self._proj_g: np.ndarray | None = None
         #: inner products read at the start of a step: g^T g, g^T s, g^T y, s^T s, s^T y, y^T y
         #: (and s^T r, r^T r for the trust region)
-        self._dots = ((_G, _G), (_G, _S), (_G, _Y), (_S, _S), (_S, _Y), (_Y, _Y))
-        if k > _R:
-            self._dots += ((_S, _R), (_R, _R))
+        self._dots = (
+            (ROW_G, ROW_G),
+            (ROW_G, ROW_S),
+            (ROW_G, ROW_Y),
+            (ROW_S, ROW_S),
+            (ROW_S, ROW_Y),
+            (ROW_Y, ROW_Y),
+        )
+        if k > ROW_R:
+            self._dots += ((ROW_S, ROW_R), (ROW_R, ROW_R))
         #: s (or d) = coef_g g + [S Y] coef, with [S Y]^T g at the time: (coef_g, coef, [S Y]^T g)
         self._step_coef: tuple[float, np.ndarray, np.ndarray] | None = None
         self._restage: Tensor | None = None
@@ -164,7 +173,7 @@ class LimitedMemoryModel(_StagingModel):
     def peek_gg(self, values: np.ndarray) -> float:
         P, D = self.matrix.memory.sum_step_products(values[1:])
         self._sums = (P, D)
-        return float(D[_G, _G])
+        return float(D[ROW_G, ROW_G])
 
     def absorb(self, values: np.ndarray) -> tuple[bool | None, int]:
         """Take the numbers of :meth:`gather` (flat, float64, after :meth:`peek_gg`); offer the staged pair.
@@ -176,7 +185,7 @@ class LimitedMemoryModel(_StagingModel):
         P, D = self._sums
         dot = {ij: float(D[ij]) for ij in self._dots}
         proj_g = P[:, 0].copy()
-        self._gg = dot[_G, _G]
+        self._gg = dot[ROW_G, ROW_G]
         stored: bool | None = None
         dropped = 0
         if self.staged:
@@ -185,17 +194,17 @@ class LimitedMemoryModel(_StagingModel):
             coef_g, coef, proj_prev = self._step_coef
             Ps = self.matrix.combination_products(coef_g, coef, proj_prev)  # s = coef_g g_prev + [S Y] coef
             slot = mem.next_slot()
-            residual = (dot[_S, _R], dot[_R, _R]) if (_R, _R) in dot else None
+            residual = (dot[ROW_S, ROW_R], dot[ROW_R, ROW_R]) if (ROW_R, ROW_R) in dot else None
             stored, dropped = self.matrix.offer(
-                self._rows[_S],
-                self._rows[_Y],
+                self._rows[ROW_S],
+                self._rows[ROW_Y],
                 Ps,
                 P[:, 1],
-                (dot[_S, _S], dot[_S, _Y], dot[_Y, _Y]),
+                (dot[ROW_S, ROW_S], dot[ROW_S, ROW_Y], dot[ROW_Y, ROW_Y]),
                 residual=residual,
             )
             if stored:  # the new pair's products with g (its slot held the evicted pair's)
-                proj_g[slot], proj_g[mem.m + slot] = dot[_G, _S], dot[_G, _Y]
+                proj_g[slot], proj_g[mem.m + slot] = dot[ROW_G, ROW_S], dot[ROW_G, ROW_Y]
             # This step overwrites the s row; a rollback re-stages the pair from its memory slot or,
             # for a refused pair (rare), from a copy.
             self._restage = mem.slot_s(slot) if stored else self.s.clone()
@@ -215,7 +224,7 @@ class LimitedMemoryModel(_StagingModel):
     def _form_step(self, coef_g: float, coef: np.ndarray) -> None:
         """s = coef_g g + [S Y] coef into the s row (one pass), remembering the coefficients."""
         self._step_coef = (coef_g, coef, self._projection())
-        self.matrix.memory.combine_work(coef, coef_g, _S)
+        self.matrix.memory.combine_work(coef, coef_g, ROW_S)
 
     # ------------------------------------------------------------------ phase 2
     def solve(self, radius: float) -> HostTrustRegionStep:
@@ -251,8 +260,8 @@ class LimitedMemoryModel(_StagingModel):
         """y = g(x + s) - g(x) (Alg. 1 line 12) and r = y - B s = g(x + s) + sigma s, since
         (B + sigma I) s = -g at the subproblem solution."""
         W = self._rows
-        torch.sub(g_trial, W[_G], out=W[_Y])
-        torch.add(g_trial, W[_S], alpha=sigma, out=W[_R])
+        torch.sub(g_trial, W[ROW_G], out=W[ROW_Y])
+        torch.add(g_trial, W[ROW_S], alpha=sigma, out=W[ROW_R])
         self.staged = True
 
     def stage_line_search(self, g_trial: Tensor, alpha: float) -> None:
@@ -323,89 +332,4 @@ class LimitedMemoryModel(_StagingModel):
             self._step_coef = (float(v[0]), v[1 : 1 + m2].copy(), v[1 + m2 :].copy())
 
 
-class DenseModel(_StagingModel):
-    """A dense :class:`DenseSR1` / :class:`DenseBFGS` matrix; the subproblem is solved exactly (eigh).
-
-    For tiny models only: it decides on the host after reading what it needs, and offers the staged
-    pair at the start of the next step like the limited-memory model.
-    """
-
-    def __init__(self, matrix: DenseQuasiNewton, device: torch.device, dtype: torch.dtype) -> None:
-        self.matrix = matrix
-        n = matrix.n
-        self.work = torch.zeros(3, n, dtype=dtype, device=device)  # g, s, y
-        self._init_rows()
-
-    def gather(self, f: Tensor) -> Tensor:
-        return torch.stack((f, self.g @ self.g))
-
-    def peek_gg(self, values: np.ndarray) -> float:
-        return float(values[1])
-
-    def absorb(self, values: np.ndarray) -> tuple[bool | None, int]:
-        self._gg = float(values[1])
-        if not self.staged:
-            return None, 0
-        self.staged = False
-        return bool(self.matrix.update(self._rows[_S], self._rows[_Y])), 0
-
-    def solve(self, radius: float) -> HostTrustRegionStep:
-        res = solve_exact(self.matrix.to_dense(), self.g, radius)
-        self.s.copy_(res.step)
-        sigma, pred, norm, status = to_host(res.sigma, res.predicted_reduction, res.step_norm, res.status)
-        eig = None if res.eigenvalues is None else res.eigenvalues.numpy(force=True).astype(np.float64)
-        return HostTrustRegionStep(
-            sigma=float(sigma),
-            predicted_reduction=float(pred),
-            step_norm=float(norm),
-            status=int(status),
-            eigenvalues=eig,
-        )
-
-    def direction(self) -> tuple[float, float]:
-        torch.neg(self.matrix.inv_mv(self.g), out=self.s)
-        gd, dd = to_host(self.g @ self.s, self.s @ self.s)
-        return float(gd), math.sqrt(max(float(dd), 0.0))
-
-    def stage_trust_region(self, g_trial: Tensor, sigma: float) -> None:
-        del sigma  # the dense update forms y - B s itself
-        torch.sub(g_trial, self.g, out=self._rows[_Y])
-        self.staged = True
-
-    def pairs(self) -> int:
-        return int(self.matrix.num_updates)
-
-    def gamma(self) -> float:
-        return float(self.matrix.gamma)
-
-    def reset(self) -> None:
-        self.matrix.reset()
-        self.staged = False
-
-    def state_dict(self) -> dict:
-        return {**self.matrix.state_dict(), **self._staged_state()}
-
-    def check_state(self, state: dict) -> None:
-        self._check_staged_state(state)
-        self.matrix.check_state(self._matrix_state(state))
-
-    @staticmethod
-    def _matrix_state(state: dict) -> dict:
-        return {k: v for k, v in state.items() if k not in ("staged", "staged_rows")}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.check_state(state)
-        self.matrix.load_state_dict(self._matrix_state(state))
-        self._load_staged_state(state)
-
-    def begin(self) -> tuple:
-        """The matrix by reference, the staged flag and a copy of the (tiny) work rows."""
-        return self.matrix.begin(), self.staged, self.work.clone()
-
-    def rollback(self, token: tuple) -> None:
-        matrix, self.staged, work = token
-        self.work.copy_(work)
-        self.matrix.rollback(matrix)
-
-
-__all__ = ["DenseModel", "LimitedMemoryModel"]
+__all__ = ["LimitedMemoryModel"]

@@ -27,9 +27,10 @@ from lightning_sqn.globalization.trust_region import DEFAULT_POLICY, TrustRegion
 from lightning_sqn.optim.base import QuasiNewtonOptimizer
 from lightning_sqn.optim.evaluation import Closure, Evaluation
 from lightning_sqn.optim.krylov_models import SteihaugModel
+from lightning_sqn.optim.line_search_stepper import LineSearchStepper
 from lightning_sqn.optim.models import LimitedMemoryModel
 from lightning_sqn.optim.stats import StepStats
-from lightning_sqn.optim.steppers import LineSearchStepper, TrustRegionStepper
+from lightning_sqn.optim.steppers import TrustRegionStepper
 from lightning_sqn.qn.lbfgs import LBFGSMatrix
 from lightning_sqn.qn.lsr1 import GammaChoice, LSR1Matrix
 from lightning_sqn.subproblem.obs import NEWTON_ITERS

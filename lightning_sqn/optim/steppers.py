@@ -6,9 +6,9 @@
   evaluation (f(x_k) and the model's projections, one transfer) and after the trial (f(x_k + s_k)).
   Everything in between that is not O(n) (subproblem, rho, acceptance, radius, skip rule, rank repair)
   is host float64 arithmetic.
-* :class:`LineSearchStepper`: Alg. 2 (L-SR1 with line search), also L-BFGS and dense BFGS: direction
-  d = -H g, a line-search object along d, then the pair (s, y). One read after the first evaluation,
-  one per trial point.
+* :class:`~lightning_sqn.optim.line_search_stepper.LineSearchStepper`: Alg. 2 (L-SR1 with line
+  search), also L-BFGS and dense BFGS: direction d = -H g, a line-search object along d, then the pair
+  (s, y). One read after the first evaluation, one per trial point.
 
 Both offer the step's pair (s_k, y_k) to the model at the start of the next step (see
 :mod:`~lightning_sqn.optim.models`), so ``last_step.pair_stored`` reports on the previous step's pair.
@@ -25,12 +25,10 @@ import math
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from lightning_sqn._device import to_host
 from lightning_sqn._state import AttributePart, AttributeState
-from lightning_sqn.globalization.linesearch import LineSearch
 from lightning_sqn.globalization.trust_region import TrustRegionPolicy
 from lightning_sqn.optim.base import QuasiNewtonOptimizer
 from lightning_sqn.optim.evaluation import Closure
@@ -97,7 +95,7 @@ def spectrum_stats(eigenvalues: np.ndarray | None) -> tuple[float | None, float 
     return float(eigenvalues.min()), float(eigenvalues.max()), int((eigenvalues < 0).sum())
 
 
-class _Stepper(AttributePart):
+class Stepper(AttributePart):
     """What both steppers share: the first evaluation with its one read, the full-batch cache, and the
     stepper's state as a :class:`~lightning_sqn._state.Part` (``state_dict``, checks, transactions)."""
 
@@ -156,7 +154,7 @@ class _Stepper(AttributePart):
         super().rollback(saved)
 
 
-class TrustRegionStepper(_Stepper):
+class TrustRegionStepper(Stepper):
     """Alg. 1 lines 3-25 around a :class:`StepModel`.
 
     State: the radius (``-1`` until the first step sets Delta_0 = ||g_0||).
@@ -240,149 +238,3 @@ class TrustRegionStepper(_Stepper):
         if refresh is not None:
             refresh.annotate(stats)
         return stats
-
-
-class LineSearchStepper(_Stepper):
-    """Alg. 2 lines 3-33 (and L-BFGS / BFGS) around a :class:`StepModel`.
-
-    Args:
-        opt: the optimizer.
-        model: the curvature model (gives d = -H g and takes pairs).
-        line_search: a line-search object, or ``None`` for a fixed step alpha = lr.
-        initial_step: rule for the first trial alpha_0 when the memory holds pairs: ``"unit"``
-            (alpha_0 = lr, the quasi-Newton step) or ``"doubling"`` (alpha_0 = min(lr, 2 alpha_{k-1}),
-            Alg. 2 line 10). With an empty memory the trial step is scaled to length lr
-            (alpha_0 = lr min(1, 1/||d||)), because d = -g/gamma_init has no natural scale.
-
-    lr is read at every step from the optimizer's parameter groups when it has a learning rate
-    (``"lr"`` in its ``group_options``, so schedulers act on it), else it is 1 (the unit
-    quasi-Newton step).
-
-    State: alpha_{k-1} (``prev_alpha``).
-        refresh: rebuilds the pairs at every x_k (sampled L-BFGS, Berahas et al. Alg. 2 line 2); the
-            step's own pair is then not offered.
-    """
-
-    def __init__(
-        self,
-        opt: QuasiNewtonOptimizer,
-        model: StepModel,
-        line_search: LineSearch | None,
-        initial_step: str = "unit",
-        refresh: CurvatureRefresh | None = None,
-    ) -> None:
-        if initial_step not in ("unit", "doubling"):
-            raise ValueError(f"initial_step must be 'unit' or 'doubling', got {initial_step!r}")
-        self.prev_alpha = 1.0
-        super().__init__(opt, model, refresh)
-        self.line_search = line_search
-        self.initial_step = initial_step
-        self.last_alpha = 0.0
-        self.x_trial = self.ev.flat.new_zeros()
-
-    _saved: ClassVar[dict[str, str]] = {"prev_alpha": "prev_alpha"}
-
-    def _lr(self) -> float:
-        return self.opt.learning_rate() if "lr" in self.opt.group_options else 1.0
-
-    def step(self, closure: Closure, forget: bool = False) -> StepStats:
-        """One step; ``forget`` clears the memory first (L-BFGS forgetting), once f(x_k) is known to be
-        finite, so a step refused with NonFiniteLossError leaves the memory unchanged."""
-        ev, flat, model, refresh = self.ev, self.ev.flat, self.model, self.refresh
-        lr = self._lr()
-        f0, f0_host, _, stored, dropped = self._begin(closure)
-        if forget:
-            model.reset()
-        if refresh is not None:
-            refresh.refresh(closure, self.x, model.g)
-        pairs = model.pairs()
-        dphi0, dnorm = model.direction()
-        fallback = not (dphi0 < 0.0)
-        if fallback:
-            # -H g is not a descent direction (SR1's H may be indefinite): take the scaled
-            # steepest-descent direction -g / gamma for this step. The memory is kept: the pair from
-            # this step may repair the indefiniteness (clearing it here measured slower on Rosenbrock).
-            dphi0, dnorm = model.gradient_direction()
-        self.last_alpha = 0.0
-        base = dict(loss=f0, pair_stored=stored, pairs_dropped=dropped, fallback=fallback)
-        if not dnorm > 0.0:  # g = 0: stationary point, nothing to do
-            ev.commit_running_stats(False, if_accepted=self.start_eval, if_rejected=self.start_eval)
-            self._end(f0, None)
-            return self._finish(self._stats(f0_host, False, 0.0, None, **base))
-        if pairs == 0:
-            alpha0 = lr * min(1.0, 1.0 / dnorm)
-        elif self.initial_step == "doubling":
-            alpha0 = min(lr, 2.0 * self.prev_alpha)
-        else:
-            alpha0 = lr
-        d = model.s
-        evaluated: dict[str, Any] = {"alpha": None, "f": None}
-
-        def phi(alpha: float) -> tuple[float, float]:
-            flat.set_params(torch.add(self.x, d, alpha=alpha, out=self.x_trial))
-            f = ev(closure, self.g_trial)
-            evaluated["alpha"], evaluated["f"] = alpha, f
-            f_alpha, dphi = to_host(f, self.g_trial @ d).tolist()
-            return f_alpha, dphi
-
-        if self.line_search is None:
-            f_trial, _ = phi(alpha0)
-            alpha, ls = alpha0, None
-            ok = math.isfinite(f_trial)  # a fixed-step method has no test: any finite trial is taken
-        else:
-            ls = self.line_search.search(phi, f0_host, dphi0, alpha0)
-            alpha = ls.step_length
-            ok = alpha > 0.0 and ls.f < f0_host
-            f_trial = ls.f
-        if ok and evaluated["alpha"] != alpha:
-            phi(alpha)  # gradient at the chosen point is needed for y_k
-        self.last_alpha = alpha if ok else 0.0
-        if not ok:
-            # No decrease along d: x stays, and the memory that produced d is forgotten, so the next
-            # step restarts from the scaled steepest-descent direction (Nocedal & Wright Sec. 7.2).
-            flat.set_params(self.x)
-            ev.commit_running_stats(False, if_accepted=self.start_eval, if_rejected=self.start_eval)
-            model.reset()
-            self._end(f0, None)
-            return self._finish(self._stats(f_trial, False, 0.0, ls, **base))
-        # The parameters hold x + alpha d: the last evaluation was at the chosen step length
-        # (re-evaluated above if needed), which is also where g_trial was taken.
-        ev.commit_running_stats(True, if_accepted=ev.count - 1, if_rejected=self.start_eval)
-        if refresh is None:  # the pair (s, y) is offered at the start of the next step
-            model.stage_line_search(self.g_trial, alpha)
-        self.prev_alpha = alpha
-        self._end(evaluated["f"], self.g_trial)
-        return self._finish(self._stats(f_trial, True, alpha * dnorm, ls, **base))
-
-    def _finish(self, stats: StepStats) -> StepStats:
-        if self.refresh is not None:
-            self.refresh.annotate(stats)
-        return stats
-
-    def _stats(
-        self,
-        f1: float,
-        accepted: bool,
-        step_norm: float,
-        ls: Any,
-        *,
-        loss: Tensor,
-        pair_stored: bool | None,
-        pairs_dropped: int,
-        fallback: bool,
-    ) -> StepStats:
-        return StepStats(
-            loss=loss,
-            closure_evals=self.ev.count,
-            accepted=accepted,
-            step_norm=step_norm,
-            pair_stored=pair_stored,
-            pairs_in_memory=self.model.pairs(),
-            pairs_dropped=pairs_dropped,
-            trial_loss=f1,
-            gamma=self.model.gamma(),
-            step_length=self.last_alpha,
-            line_search_success=None if ls is None else ls.success,
-            line_search_reason=None if ls is None else ls.reason,
-            fallback_to_gradient=fallback,
-        )

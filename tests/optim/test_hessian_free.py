@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sqn
 from lightning_sqn.curvature.capture import CaptureError, ForwardCapture, FunctionalModule, ggn_matvec
+from lightning_sqn.globalization.damping import LevenbergMarquardt
 from lightning_sqn.optim import hessian_free
-from lightning_sqn.optim.hessian_free import LevenbergMarquardt
 from lightning_sqn.subproblem.result import SolverStatus
 
 F = nn.functional
