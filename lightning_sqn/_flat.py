@@ -3,7 +3,8 @@
 All optimizers in this package treat the parameters of all groups as one vector ``x`` in R^n.
 :class:`FlatParams` maps between the list of parameter tensors and flat buffers of length ``n``
 (parameters, gradients, steps) with a handful of ``torch._foreach_*`` calls, so no other module
-loops over parameters.
+loops over parameters. :class:`FunctionalModule` is a network as a function of those parameters (the
+one functional adapter of the package: GGN and functional Hessian products, per-example gradients).
 
 The flat buffers use the *state dtype*: the parameters' dtype, except that low-precision parameters
 (float16, bfloat16) get float32 buffers, so curvature pairs and Gram matrices are never formed in
@@ -15,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -88,6 +90,11 @@ class FlatParams:
         self._views[key] = (flat, views)
         return views
 
+    def unflatten(self, flat: Tensor) -> list[Tensor]:
+        """Views of ``flat`` shaped like each parameter, without the cache of :meth:`views` (for tensors
+        inside :mod:`torch.func` transforms, which have no storage to key a cache on)."""
+        return [v.view_as(p) for v, p in zip(flat.split(self.numels), self.params, strict=True)]
+
     @torch.no_grad()
     def gather_params(self, out: Tensor | None = None) -> Tensor:
         """x: the current parameters as one flat vector (written into ``out`` when given)."""
@@ -145,3 +152,54 @@ class FlatParams:
         if any(v.dtype != p.dtype for v, p in zip(views, self.params, strict=True)):
             views = [v.to(p.dtype) for v, p in zip(views, self.params, strict=True)]
         torch._foreach_add_(self.params, views, alpha=alpha)
+
+
+class FunctionalModule:
+    """``module`` as a function of the optimizer's parameters, in the flat layout of ``flat``.
+
+    Parameters of ``module`` that the optimizer does not own are held at their current values (the
+    curvature then is the principal block of the optimizer's parameters); buffers are passed through.
+
+    Args:
+        module: the watched (unwrapped) module.
+        flat: the optimizer's flat parameters; each must be a parameter of ``module``.
+
+    Raises:
+        ValueError: if an optimized parameter is not a parameter of ``module``.
+    """
+
+    def __init__(self, module: nn.Module, flat: FlatParams) -> None:
+        index = {id(p): i for i, p in enumerate(flat.params)}
+        named = list(module.named_parameters(remove_duplicate=False))  # tied weights under every name
+        owned = {id(p) for _, p in named}
+        missing = [i for i, p in enumerate(flat.params) if id(p) not in owned]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} of the optimizer's {len(flat.params)} parameter tensors are not parameters "
+                f"of the watched module {type(module).__name__}, so the network output does not depend on "
+                "them and their Gauss-Newton block is unknown. Watch the module that owns all optimized "
+                "parameters, or use curvature='hessian'."
+            )
+        self.module = module
+        self.flat = flat
+        #: name -> position of the primal, for every name of an optimized parameter
+        self.alias = {n: index[id(p)] for n, p in named if id(p) in index}
+        self.fixed = {n: p.detach() for n, p in named if id(p) not in index}
+        self.buffers = dict(module.named_buffers())
+
+    def primals(self) -> tuple[Tensor, ...]:
+        """The optimized parameters (detached), one tensor per parameter."""
+        return tuple(p.detach() for p in self.flat.params)
+
+    def __call__(self, primals: tuple[Tensor, ...], inputs: Tensor) -> Tensor:
+        params = dict(self.fixed)
+        params.update((name, primals[i]) for name, i in self.alias.items())
+        return functional_call(self.module, (params, self.buffers), (inputs,))
+
+    def flat_call(self, x: Tensor, inputs: Tensor) -> Tensor:
+        """The module at the flat parameter vector ``x`` (works under :mod:`torch.func` transforms)."""
+        return self(tuple(self.flat.unflatten(x)), inputs)
+
+    def tangents(self, v: Tensor) -> tuple[Tensor, ...]:
+        """A flat vector as per-parameter tangents in the parameters' dtypes."""
+        return tuple(t.to(p.dtype) for t, p in zip(self.flat.views(v), self.flat.params, strict=True))

@@ -13,9 +13,9 @@ as a function of the optimizer's parameters with :func:`torch.func.functional_ca
 optimizer does not own and buffers are held fixed; the module's current mode is used, so BatchNorm in
 training mode normalises with the batch statistics and dropout draws new masks), which gives
 
-* :func:`ggn_matvec`: :math:`v \\mapsto G_K v` for the mean loss over the first ``K`` examples
-  (Martens' curvature mini-batch), with the linearisation (:func:`torch.func.vjp`) built once and one
-  :func:`torch.func.jvp` plus one pullback per product;
+* :func:`~lightning_sqn.curvature.ggn.ggn_matvec`: :math:`v \\mapsto G_K v` for the mean loss over
+  the first ``K`` examples (Martens' curvature mini-batch), with the linearisation
+  (:func:`torch.func.vjp`) built once and one :func:`torch.func.jvp` plus one pullback per product;
 * :func:`fisher_diagonal`: :math:`\\frac1K \\sum_{i<K} \\nabla \\ell_i \\odot \\nabla \\ell_i`, the
   diagonal of the empirical Fisher matrix from per-example gradients (vmapped :func:`torch.func.grad`
   in chunks), the ingredient of Martens' preconditioner.
@@ -33,10 +33,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import grad, vmap
 
-from lightning_sqn._flat import FlatParams
-from lightning_sqn.curvature.ggn import LOSSES, GGNLoss, output_hessian_vp
+from lightning_sqn._flat import FunctionalModule
 
 #: what a user can do when the module's forward was not captured as needed
 CAPTURE_HINTS = (
@@ -162,93 +161,6 @@ class ForwardCapture:
                 f"on dim 0, got input {tuple(inputs.shape)} and output {tuple(output.shape)}."
             )
         return CapturedBatch(inputs.detach(), output.detach(), self._grads.get(0))
-
-
-class FunctionalModule:
-    """``module`` as a function of the optimizer's parameters, in the flat layout of ``flat``.
-
-    Parameters of ``module`` that the optimizer does not own are held at their current values (the
-    curvature then is the principal block of the optimizer's parameters); buffers are passed through.
-
-    Args:
-        module: the watched (unwrapped) module.
-        flat: the optimizer's flat parameters; each must be a parameter of ``module``.
-
-    Raises:
-        ValueError: if an optimized parameter is not a parameter of ``module``.
-    """
-
-    def __init__(self, module: nn.Module, flat: FlatParams) -> None:
-        index = {id(p): i for i, p in enumerate(flat.params)}
-        named = list(module.named_parameters(remove_duplicate=False))  # tied weights under every name
-        owned = {id(p) for _, p in named}
-        missing = [i for i, p in enumerate(flat.params) if id(p) not in owned]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} of the optimizer's {len(flat.params)} parameter tensors are not parameters "
-                f"of the watched module {type(module).__name__}, so the network output does not depend on "
-                "them and their Gauss-Newton block is unknown. Watch the module that owns all optimized "
-                "parameters, or use curvature='hessian'."
-            )
-        self.module = module
-        self.flat = flat
-        #: name -> position of the primal, for every name of an optimized parameter
-        self.alias = {n: index[id(p)] for n, p in named if id(p) in index}
-        self.fixed = {n: p.detach() for n, p in named if id(p) not in index}
-        self.buffers = dict(module.named_buffers())
-
-    def primals(self) -> tuple[Tensor, ...]:
-        """The optimized parameters (detached), one tensor per parameter."""
-        return tuple(p.detach() for p in self.flat.params)
-
-    def __call__(self, primals: tuple[Tensor, ...], inputs: Tensor) -> Tensor:
-        params = dict(self.fixed)
-        params.update((name, primals[i]) for name, i in self.alias.items())
-        return functional_call(self.module, (params, self.buffers), (inputs,))
-
-    def tangents(self, v: Tensor) -> tuple[Tensor, ...]:
-        """A flat vector as per-parameter tangents in the parameters' dtypes."""
-        return tuple(t.to(p.dtype) for t, p in zip(self.flat.views(v), self.flat.params, strict=True))
-
-
-def ggn_matvec(fmod: FunctionalModule, loss: GGNLoss, inputs: Tensor) -> Callable[[Tensor], Tensor]:
-    """:math:`v \\mapsto G v` with :math:`G = J^\\top H_\\ell J` of the mean loss over ``inputs``.
-
-    The same product as :func:`~lightning_sqn.curvature.ggn.ggn_vp` (one column), with the reverse-mode
-    linearisation :math:`J^\\top` (:func:`torch.func.vjp`, which keeps the forward's activations) built
-    once here and reused by every product; each product then costs one :func:`torch.func.jvp` (the
-    forward with its tangent) and one pullback. :math:`H_\\ell` in closed form
-    (:func:`~lightning_sqn.curvature.ggn.output_hessian_vp`; mean reduction over the examples of
-    ``inputs``, so with ``inputs`` the first ``K`` examples of the batch this is Martens' curvature
-    mini-batch :math:`G_K`).
-
-    Args:
-        fmod: the module as a function of the optimized parameters.
-        loss: ``"cross_entropy"``, ``"mse"`` or ``"bce_with_logits"`` (mean reduction).
-        inputs: the network input (examples on dim 0).
-
-    Returns:
-        ``v -> G v`` on flat vectors in the optimizer's layout and state dtype.
-
-    Raises:
-        ValueError: for an unknown ``loss``.
-    """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    primals = fmod.primals()
-
-    def forward(*ps: Tensor) -> Tensor:
-        return fmod(ps, inputs)
-
-    z, pullback = vjp(forward, *primals)
-    z = z.detach()
-
-    def matvec(v: Tensor) -> Tensor:
-        _, Jv = jvp(forward, primals, fmod.tangents(v))
-        HJv = output_hessian_vp(loss, z, Jv.unsqueeze(0))[0]
-        return fmod.flat.flatten(pullback(HJv.to(z.dtype)))
-
-    return matvec
 
 
 def _linear_layout(fmod: FunctionalModule) -> list[tuple[nn.Linear, int | None, int | None]] | None:
@@ -402,6 +314,5 @@ __all__ = [
     "ForwardCapture",
     "FunctionalModule",
     "fisher_diagonal",
-    "ggn_matvec",
     "linear_fisher_diagonal",
 ]

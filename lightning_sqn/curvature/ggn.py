@@ -18,13 +18,15 @@ forward-mode pass (:math:`J v`), a closed-form :math:`H_\\ell u` and one reverse
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
-from lightning_sqn.curvature.hvp import _check_block, _flat_call
+from lightning_sqn._flat import FlatParams, FunctionalModule
+from lightning_sqn.curvature.hvp import check_block
 
 GGNLoss = Literal["cross_entropy", "mse", "bce_with_logits"]
 LOSSES: tuple[str, ...] = ("cross_entropy", "mse", "bce_with_logits")
@@ -60,13 +62,66 @@ def output_hessian_vp(loss: GGNLoss, z: Tensor, U: Tensor) -> Tensor:
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
+def ggn_matvec(fmod: FunctionalModule, loss: GGNLoss, inputs: Tensor) -> Callable[[Tensor], Tensor]:
+    """:math:`v \\mapsto G v` with :math:`G = J^\\top H_\\ell J` of the mean loss over ``inputs``.
+
+    The reverse-mode linearisation :math:`J^\\top` (:func:`torch.func.vjp`, which keeps the forward's
+    activations) is built once here and reused by every product; a product then costs one
+    :func:`torch.func.jvp` (the forward with its tangent) and one pullback, and a block ``V`` of shape
+    ``(n, k)`` is one vmapped jvp and one vmapped pullback. :math:`H_\\ell` in closed form
+    (:func:`output_hessian_vp`; mean reduction over the examples of ``inputs``, so with ``inputs`` the
+    first ``K`` examples of the batch this is Martens' curvature mini-batch :math:`G_K`).
+
+    Args:
+        fmod: the module as a function of the optimized parameters.
+        loss: ``"cross_entropy"``, ``"mse"`` or ``"bce_with_logits"`` (mean reduction).
+        inputs: the network input (examples on dim 0).
+
+    Returns:
+        ``V -> G V`` for flat vectors ``(n,)`` or blocks ``(n, k)`` (vectors as columns) in the
+        optimizer's layout, in its state dtype.
+
+    Raises:
+        ValueError: for an unknown ``loss``.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    flat = fmod.flat
+    primals = fmod.primals()
+
+    def forward(*ps: Tensor) -> Tensor:
+        return fmod(ps, inputs)
+
+    z, pullback = vjp(forward, *primals)
+    z = z.detach()
+
+    def matvec(v: Tensor) -> Tensor:
+        _, Jv = jvp(forward, primals, fmod.tangents(v))
+        HJv = output_hessian_vp(loss, z, Jv.unsqueeze(0))[0]
+        return flat.flatten(pullback(HJv.to(z.dtype)))
+
+    def jv(v: Tensor) -> Tensor:  # inside vmap: uncached views of the batched tangent
+        tangents = tuple(t.to(p.dtype) for t, p in zip(flat.unflatten(v), primals, strict=True))
+        return jvp(forward, primals, tangents)[1]
+
+    def pull(w: Tensor) -> Tensor:
+        return torch.cat([t.reshape(-1).to(flat.dtype) for t in pullback(w.to(z.dtype))])
+
+    def block(V: Tensor) -> Tensor:
+        if V.ndim == 1:
+            return matvec(V)
+        HJV = output_hessian_vp(loss, z, vmap(jv, in_dims=1)(V))  # (k, *z.shape)
+        return vmap(pull, out_dims=1)(HJV)  # (n, k)
+
+    return block
+
+
 def ggn_vp(module: nn.Module, loss: GGNLoss, inputs, targets, V: Tensor) -> Tensor:
     """GGN products :math:`G V = J^\\top H_\\ell J V` for the network ``module`` at its current parameters.
 
-    :math:`J V` by :func:`torch.func.jvp` (vmapped over the columns of :math:`V`), :math:`H_\\ell` in
-    closed form (:func:`output_hessian_vp`), :math:`J^\\top` by one :func:`torch.func.vjp`, also vmapped.
-    The parameters are ``list(module.parameters())`` in that order (the flat layout); buffers are passed
-    through unchanged, so the products use the module's current mode.
+    :func:`ggn_matvec` on ``module`` as a function of ``list(module.parameters())`` (the flat layout;
+    a block ``V`` is one vmapped jvp and one vmapped pullback). Buffers are passed through unchanged, so
+    the products use the module's current mode.
 
     Args:
         module: the network :math:`f`; its output is the loss input :math:`z`.
@@ -83,18 +138,7 @@ def ggn_vp(module: nn.Module, loss: GGNLoss, inputs, targets, V: Tensor) -> Tens
         ValueError: for an unknown ``loss`` or a ``V`` of the wrong shape.
     """
     del targets
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    x, forward = _flat_call(module, inputs)
-    _check_block(V, x.numel())
-    block = V.to(x.dtype).unsqueeze(1) if V.ndim == 1 else V.to(x.dtype)
-    z, pullback = vjp(forward, x)
-    z = z.detach()
-
-    def jv(v: Tensor) -> Tensor:
-        return jvp(forward, (x,), (v,))[1]
-
-    JV = vmap(jv, in_dims=1)(block)  # (k, *z.shape)
-    HJV = output_hessian_vp(loss, z, JV)
-    GV = vmap(lambda w: pullback(w)[0], out_dims=1)(HJV)  # (n, k)
-    return GV[:, 0] if V.ndim == 1 else GV
+    flat = FlatParams(list(module.parameters()))
+    products = ggn_matvec(FunctionalModule(module, flat), loss, inputs)  # checks the loss first
+    check_block(V, flat.numel)
+    return products(V.to(flat.dtype))

@@ -25,7 +25,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
+
+from lightning_sqn._flat import FlatParams, FunctionalModule
 
 
 def _split_batched(V: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
@@ -35,7 +37,7 @@ def _split_batched(V: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
     return [c.reshape(k, *p.shape).to(p.dtype) for c, p in zip(chunks, params, strict=True)]
 
 
-def _check_block(V: Tensor, n: int) -> None:
+def check_block(V: Tensor, n: int) -> None:
     if V.ndim not in (1, 2) or V.shape[0] != n:
         raise ValueError(f"V must have shape (n,) or (n, k) with n = {n}, got {tuple(V.shape)}")
 
@@ -65,7 +67,7 @@ def hvp_from_graph(grads: Sequence[Tensor], params: Sequence[Tensor], V: Tensor)
     if len(grads) != len(params):
         raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters")
     n = sum(p.numel() for p in params)
-    _check_block(V, n)
+    check_block(V, n)
     block = V.unsqueeze(1) if V.ndim == 1 else V
     k = block.shape[1]
     dtype = torch.promote_types(params[0].dtype, V.dtype)
@@ -90,7 +92,7 @@ def hvp_from_graph(grads: Sequence[Tensor], params: Sequence[Tensor], V: Tensor)
     return out[0] if V.ndim == 1 else out.T
 
 
-def _flat_call(module: nn.Module, inputs) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+def _functional(module: nn.Module, inputs) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """``x`` (the flat parameters, detached) and ``x -> module(inputs)`` evaluated statelessly.
 
     Buffers are passed through unchanged, so the function uses the module's current mode: in training
@@ -98,19 +100,8 @@ def _flat_call(module: nn.Module, inputs) -> tuple[Tensor, Callable[[Tensor], Te
     meaningful under :func:`~torch.func.vmap`; use eval mode, ``track_running_stats=False`` or
     :func:`torch.func.replace_all_batch_norm_modules_`).
     """
-    named = list(module.named_parameters())
-    names = [name for name, _ in named]
-    shapes = [p.shape for _, p in named]
-    numels = [p.numel() for _, p in named]
-    buffers = dict(module.named_buffers())
-    x = torch.cat([p.detach().reshape(-1) for _, p in named])
-
-    def forward(flat: Tensor) -> Tensor:
-        chunks = flat.split(numels)
-        params = {name: c.view(shape) for name, c, shape in zip(names, chunks, shapes, strict=True)}
-        return functional_call(module, (params, buffers), (inputs,))
-
-    return x, forward
+    fmod = FunctionalModule(module, FlatParams(list(module.parameters())))
+    return fmod.flat.gather_params(), lambda flat: fmod.flat_call(flat, inputs)
 
 
 def hvp_functional(
@@ -146,8 +137,8 @@ def hvp_functional(
     Raises:
         ValueError: if ``V`` has the wrong shape.
     """
-    x, forward = _flat_call(module, inputs)
-    _check_block(V, x.numel())
+    x, forward = _functional(module, inputs)
+    check_block(V, x.numel())
     V = V.to(x.dtype)
 
     gradient = grad(lambda flat, t: loss_fn(forward(flat), t))

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from lightning_sqn import _checks as checks
+from lightning_sqn._flat import FlatParams
 from lightning_sqn._state import check_tensor, require_keys
 from lightning_sqn.distributed.communicator import Communicator
 
@@ -143,4 +144,35 @@ def sampled_differences(
     return Y
 
 
-__all__ = ["SAMPLINGS", "DirectionSampler", "Sampling", "check_sampling", "sampled_differences"]
+def sample_pairs(
+    sampler: DirectionSampler,
+    flat: FlatParams,
+    sampling: Sampling,
+    x: Tensor,
+    *,
+    communicator: Communicator | None,
+    mask: Tensor | None,
+    hvp: Callable[[Tensor], Tensor] | None = None,
+    gradient_at: Callable[[Tensor], Tensor] | None = None,
+    g: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Berahas et al.'s Alg. 1: directions S around x (on the coordinates of ``mask``) and Y from
+    :func:`sampled_differences`; the parameters hold x again afterwards. The one sampling routine of
+    :class:`~lightning_sqn.optim.sampled.SampledPairs` and the ``CurvaturePairSampler`` callback."""
+    S = sampler.sample(flat.numel, flat.dtype, flat.device, communicator, mask)
+    try:
+        Y = sampled_differences(S, sampling, hvp=hvp, gradient_at=gradient_at, g=g)
+    finally:
+        if sampling == "gradient":
+            flat.set_params(x)
+    return S, Y
+
+
+__all__ = [
+    "SAMPLINGS",
+    "DirectionSampler",
+    "Sampling",
+    "check_sampling",
+    "sample_pairs",
+    "sampled_differences",
+]

@@ -12,7 +12,7 @@ from lightning_sqn._checks import real
 class LevenbergMarquardt:
     """Martens' Levenberg-Marquardt heuristic for the damping lambda (slide listing the method's
     ingredients: "using a Levenburg-Marquardt style heuristic for adjusting the damping parameter";
-    constants from REFERENCES.md, "Hessian-free"):
+    constants of Martens 2010, Sec. 4.1):
 
     .. math::
 

@@ -4,8 +4,8 @@ The step is composed of pieces that live elsewhere: curvature products (:mod:`li
 the gradient's graph or :mod:`~lightning_sqn.curvature.capture`), linear CG with Martens' extras
 (:func:`~lightning_sqn.krylov.cg.solve_cg`, :func:`~lightning_sqn.krylov.cg.cg_backtrack`) and a
 backtracking line search (:mod:`lightning_sqn.globalization.linesearch`). This module holds the
-composition and the bookkeeping, in the notation of the slides (``../shared/papers/
-hessian-free-martens-2010-slides.txt``) and of ``../shared/REFERENCES.md``, section "Hessian-free".
+composition and the bookkeeping, in the notation of Martens, "Deep learning via Hessian-free
+optimization" (ICML 2010) and of his slides of the same title.
 """
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sqn import _checks as checks
+from lightning_sqn._flat import FunctionalModule
 from lightning_sqn._state import AttributeState, Part
 from lightning_sqn.curvature.capture import (
     CAPTURE_HINTS,
     CapturedBatch,
     CaptureError,
     ForwardCapture,
-    FunctionalModule,
     fisher_diagonal,
-    ggn_matvec,
 )
-from lightning_sqn.curvature.ggn import LOSSES, GGNLoss
+from lightning_sqn.curvature.ggn import LOSSES, GGNLoss, ggn_matvec
 from lightning_sqn.globalization.damping import LevenbergMarquardt
 from lightning_sqn.globalization.linesearch import (
     ArmijoBacktracking,
@@ -79,13 +78,13 @@ class HessianFree(QuasiNewtonOptimizer):
        recurrence value of the chosen iterate, so rho costs no product. (Martens & Sutskever 2012 use the
        undamped model; ``last_step.predicted_reduction = -q(p)`` is the damped one.)
     6. A backtracking (Armijo) line search along ``p`` from alpha = 1, whose value is known from step 4
-       (``line_search``; the slides and REFERENCES.md name a "final backtracking line search" without
+       (``line_search``; the paper and slides name a "final backtracking line search" without
        constants; the default, Armijo with ``c1 = 1e-2`` and factor 0.8, are the values of Martens &
        Sutskever 2012 as we recall them, not checked against a source here). No sufficient decrease:
        x stays (``accepted=False``).
 
     **Curvature products.** ``curvature="ggn"`` (the paper's choice): products on the watched module,
-    functional (:func:`~lightning_sqn.curvature.capture.ggn_matvec`), for the loss named by ``loss``
+    functional (:func:`~lightning_sqn.curvature.ggn.ggn_matvec`), for the loss named by ``loss``
     applied to the module's output with mean reduction; no autograd graph is kept, so any Lightning
     strategy of this package works, and under ``ddp_sqn`` every product is averaged over ranks.
     ``curvature_batch_fraction`` f < 1 uses the first ``K = ceil(f B)`` examples of the batch for the

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lightning_sqn import _checks as checks
 from lightning_sqn._state import Part
-from lightning_sqn.curvature.sampling import DirectionSampler, Sampling, check_sampling, sampled_differences
+from lightning_sqn.curvature.sampling import DirectionSampler, Sampling, check_sampling, sample_pairs
 from lightning_sqn.globalization.linesearch import LineSearch, StrongWolfe, resolve_line_search
 from lightning_sqn.globalization.trust_region import DEFAULT_POLICY, TrustRegionPolicy, check_policy
 from lightning_sqn.optim.base import QuasiNewtonOptimizer
@@ -64,28 +64,33 @@ class SampledPairs:
     def sample(self, closure: Closure, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         """(S, Y) at x: directions and differences (rows). Option II uses the graph of the evaluation at x."""
         ev, flat = self.ev, self.ev.flat
-        # only parameters that have a gradient at x are perturbed (an unused parameter stays put)
-        S = self.sampler.sample(flat.numel, flat.dtype, flat.device, ev.communicator, flat.grad_mask())
+        hvp = gradient_at = None
         if self.sampling == "hessian":
-            graph = ev.graph
-            if graph is None:
+            if ev.graph is None:
                 raise RuntimeError("option II needs the evaluation at x_k to keep its graph")
-            Y = sampled_differences(S, "hessian", hvp=graph.hvp)
-            ev.graph = None  # free the saved activations before the trial evaluation
-            return S, Y
+            hvp = ev.graph.hvp
+        else:
+            g_sample = self._g_sample
+            assert g_sample is not None
 
-        g_sample = self._g_sample
-        assert g_sample is not None
+            def gradient_at(sigma: Tensor) -> Tensor:
+                flat.set_params(torch.add(x, sigma))
+                ev(closure, g_sample)
+                return g_sample
 
-        def gradient_at(sigma: Tensor) -> Tensor:
-            flat.set_params(torch.add(x, sigma))
-            ev(closure, g_sample)
-            return g_sample
-
-        try:
-            Y = sampled_differences(S, "gradient", gradient_at=gradient_at, g=g)
-        finally:
-            flat.set_params(x)
+        # only parameters that have a gradient at x are perturbed (an unused parameter stays put)
+        S, Y = sample_pairs(
+            self.sampler,
+            flat,
+            self.sampling,
+            x,
+            communicator=ev.communicator,
+            mask=flat.grad_mask(),
+            hvp=hvp,
+            gradient_at=gradient_at,
+            g=g,
+        )
+        ev.graph = None  # free the saved activations before the trial evaluation
         return S, Y
 
     def refresh(self, closure: Closure, x: Tensor, g: Tensor) -> None:

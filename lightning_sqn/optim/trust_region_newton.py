@@ -5,8 +5,8 @@ Composition only: Hessian-vector products from the gradient's graph
 (:class:`~lightning_sqn.curvature.graph.GradientGraph`), the subproblem by preconditioned Steihaug-Toint
 CG in the ``A``-norm (:func:`~lightning_sqn.subproblem.steihaug.solve_steihaug`), acceptance and radius
 by :class:`~lightning_sqn.globalization.trust_region.TrustRegionPolicy` with the paper's thresholds.
-References are to ``../shared/papers/adaptive-norms-kohler-adolphs-lucchi.txt`` (Sec. 3-4, App. F,
-App. J Table 1) and ``../shared/REFERENCES.md``, section "Ellipsoidal trust-region Newton".
+References are to Kohler, Adolphs & Lucchi, "Adaptive norms for deep learning with regularized Newton
+methods" (2019): Sec. 3-4, App. F and Table 1 of App. J.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
     evaluation each (no graph): ``x <- x - lr A^{-1} g``, i.e. plain SGD for ``"uniform"`` and RMSProp /
     Adagrad (without momentum, ``v_0 = g_0 ⊙ g_0``) for the ellipsoids, which by the paper's Lemma 1 /
     Corollary 1 is the first-order trust-region step in the same ellipsoid. The authors' experiments
-    warm-start with a few first-order epochs (REFERENCES.md). ``last_step.warmup`` is True for them.
+    warm-start with a few first-order epochs. ``last_step.warmup`` is True for them.
 
     ``last_step`` publishes ``radius`` (Delta_k used), ``next_radius``, ``rho``, ``accepted``,
     ``step_norm`` (``||s||_A``, the norm the radius bounds), ``predicted_reduction``,

@@ -8,14 +8,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_sqn._flat import FlatParams
+from lightning_sqn._flat import FlatParams, FunctionalModule
 from lightning_sqn.curvature import capture
-from lightning_sqn.curvature.capture import (
-    CapturedBatch,
-    FunctionalModule,
-    fisher_diagonal,
-    linear_fisher_diagonal,
-)
+from lightning_sqn.curvature.capture import CapturedBatch, fisher_diagonal, linear_fisher_diagonal
 
 F = nn.functional
 B, K = 9, 6

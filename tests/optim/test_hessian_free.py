@@ -22,7 +22,9 @@ from torch.func import functional_call, hessian, jacrev
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sqn
-from lightning_sqn.curvature.capture import CaptureError, ForwardCapture, FunctionalModule, ggn_matvec
+from lightning_sqn._flat import FunctionalModule
+from lightning_sqn.curvature.capture import CaptureError, ForwardCapture
+from lightning_sqn.curvature.ggn import ggn_matvec
 from lightning_sqn.globalization.damping import LevenbergMarquardt
 from lightning_sqn.optim import hessian_free
 from lightning_sqn.subproblem.result import SolverStatus

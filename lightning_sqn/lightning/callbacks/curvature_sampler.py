@@ -21,7 +21,7 @@ from lightning.pytorch import Callback
 from torch import Tensor
 
 from lightning_sqn.curvature.graph import GradientGraph
-from lightning_sqn.curvature.sampling import DirectionSampler, Sampling, check_sampling, sampled_differences
+from lightning_sqn.curvature.sampling import DirectionSampler, Sampling, check_sampling, sample_pairs
 from lightning_sqn.lightning.callbacks._utils import _unwrap, log_to_loggers
 from lightning_sqn.optim.lbfgs import LBFGS
 from lightning_sqn.optim.lsr1 import LSR1
@@ -219,20 +219,25 @@ class CurvaturePairSampler(Callback):
                 grads = torch.autograd.grad(
                     loss, params, create_graph=self.sampling == "hessian", allow_unused=True
                 )
-            S = self._sampler.sample(flat.numel, flat.dtype, flat.device, comm, _mask(flat, grads))
-            if self.sampling == "hessian":
-                Y = sampled_differences(S, "hessian", hvp=GradientGraph(grads, params, comm).hvp)
-            else:
-                g0 = self._flat_grad(opt, grads)
 
-                def gradient_at(sigma: Tensor) -> Tensor:
-                    flat.set_params(torch.add(x, sigma))
-                    with torch.enable_grad():
-                        loss_i = self.loss_fn(pl_module, curvature_batch)
-                        g_i = torch.autograd.grad(loss_i, params, allow_unused=True)
-                    return self._flat_grad(opt, g_i)
+            def gradient_at(sigma: Tensor) -> Tensor:
+                flat.set_params(torch.add(x, sigma))
+                with torch.enable_grad():
+                    loss_i = self.loss_fn(pl_module, curvature_batch)
+                    g_i = torch.autograd.grad(loss_i, params, allow_unused=True)
+                return self._flat_grad(opt, g_i)
 
-                Y = sampled_differences(S, "gradient", gradient_at=gradient_at, g=g0)
+            S, Y = sample_pairs(
+                self._sampler,
+                flat,
+                self.sampling,
+                x,
+                communicator=comm,
+                mask=_mask(flat, grads),
+                hvp=GradientGraph(grads, params, comm).hvp if self.sampling == "hessian" else None,
+                gradient_at=gradient_at if self.sampling == "gradient" else None,
+                g=self._flat_grad(opt, grads) if self.sampling == "gradient" else None,
+            )
         finally:
             flat.set_params(x)
             if buffers:
