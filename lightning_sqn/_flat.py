@@ -95,6 +95,20 @@ class FlatParams:
         inside :mod:`torch.func` transforms, which have no storage to key a cache on)."""
         return [v.view_as(p) for v, p in zip(flat.split(self.numels), self.params, strict=True)]
 
+    def unflatten_rows(self, V: Tensor) -> list[Tensor]:
+        """A block ``(k, n)`` of row vectors as one ``(k, *p.shape)`` tensor per parameter, in its dtype."""
+        k = V.shape[0]
+        chunks = V.split(self.numels, dim=1)
+        return [c.reshape(k, *p.shape).to(p.dtype) for c, p in zip(chunks, self.params, strict=True)]
+
+    def flatten_rows(self, tensors: Sequence[Tensor | None], out: Tensor) -> Tensor:
+        """Per-parameter ``(k, *p.shape)`` tensors as the rows of ``out`` ``(k, n)`` (``None``: zeros)."""
+        k = out.shape[0]
+        for v, t in zip(out.split(self.numels, dim=1), tensors, strict=True):
+            if t is not None:
+                v.copy_(t.reshape(k, -1))
+        return out
+
     @torch.no_grad()
     def gather_params(self, out: Tensor | None = None) -> Tensor:
         """x: the current parameters as one flat vector (written into ``out`` when given)."""

@@ -30,13 +30,6 @@ from torch.func import grad, jvp, vmap
 from lightning_sqn._flat import FlatParams, FunctionalModule
 
 
-def _split_batched(V: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
-    """Split a block ``(k, n)`` into tensors of shape ``(k, *p.shape)``, one per parameter."""
-    k = V.shape[0]
-    chunks = V.split([p.numel() for p in params], dim=1)
-    return [c.reshape(k, *p.shape).to(p.dtype) for c, p in zip(chunks, params, strict=True)]
-
-
 def check_block(V: Tensor, n: int) -> None:
     if V.ndim not in (1, 2) or V.shape[0] != n:
         raise ValueError(f"V must have shape (n,) or (n, k) with n = {n}, got {tuple(V.shape)}")
@@ -66,7 +59,8 @@ def hvp_from_graph(grads: Sequence[Tensor], params: Sequence[Tensor], V: Tensor)
     params, grads = list(params), list(grads)
     if len(grads) != len(params):
         raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters")
-    n = sum(p.numel() for p in params)
+    flat = FlatParams(params)
+    n = flat.numel
     check_block(V, n)
     block = V.unsqueeze(1) if V.ndim == 1 else V
     k = block.shape[1]
@@ -75,7 +69,7 @@ def hvp_from_graph(grads: Sequence[Tensor], params: Sequence[Tensor], V: Tensor)
     # gradients without a graph are constant in x: their Hessian blocks are zero
     live = [i for i, g in enumerate(grads) if g.requires_grad]
     if live:
-        vs = _split_batched(block.T, params)
+        vs = flat.unflatten_rows(block.T)
         products = torch.autograd.grad(
             [grads[i] for i in live],
             params,
@@ -84,11 +78,7 @@ def hvp_from_graph(grads: Sequence[Tensor], params: Sequence[Tensor], V: Tensor)
             allow_unused=True,
             is_grads_batched=k > 1,
         )
-        offset = 0
-        for p, hv in zip(params, products, strict=True):
-            if hv is not None:
-                out[:, offset : offset + p.numel()] = hv.reshape(k, -1)
-            offset += p.numel()
+        flat.flatten_rows(products, out)
     return out[0] if V.ndim == 1 else out.T
 
 

@@ -177,8 +177,8 @@ class SR1(_DenseOptimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        method: Literal["trust_region", "line_search"] = "trust_region",
         *,
+        method: Literal["trust_region", "line_search"] = "trust_region",
         gamma: Literal["auto"] | float = "auto",
         skip_tol: float = 1e-8,
         trust_region: TrustRegionPolicy = DEFAULT_POLICY,

@@ -168,9 +168,9 @@ class HessianFree(QuasiNewtonOptimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        *,
         curvature: Curvature = "ggn",
         damping: float = 1.0,
-        *,
         loss: GGNLoss | None = None,
         max_cg_iters: int = 250,
         cg_eps: float = 5e-4,

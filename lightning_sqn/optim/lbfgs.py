@@ -47,9 +47,9 @@ class LBFGS(QuasiNewtonOptimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        *,
         memory: int = 5,
         forget_every: int | None = None,
-        *,
         line_search: LineSearch | Literal["default"] | None = "default",
         lr: float = 1.0,
         gamma: Literal["scaled"] | float = "scaled",

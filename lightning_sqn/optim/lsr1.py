@@ -59,9 +59,9 @@ class LSR1(QuasiNewtonOptimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        *,
         memory: int = 5,
         method: Literal["trust_region", "line_search"] = "trust_region",
-        *,
         gamma: GammaChoice | float = "scaled",
         gamma_init: float = 1.0,
         skip_tol: float = 1e-8,

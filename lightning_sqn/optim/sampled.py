@@ -187,10 +187,10 @@ class SampledLSR1(_SampledBase):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        *,
         memory: int = 5,
         sample_radius: float = 1.0,
         sampling: Sampling = "hessian",
-        *,
         gamma: GammaChoice | float = "eigen",
         gamma_init: float = 1.0,
         skip_tol: float = 1e-8,
@@ -270,10 +270,10 @@ class SampledLBFGS(_SampledBase):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        *,
         memory: int = 5,
         sample_radius: float = 1.0,
         sampling: Sampling = "hessian",
-        *,
         line_search: LineSearch | Literal["default"] | None = "default",
         lr: float = 1.0,
         gamma: Literal["scaled"] | float = "scaled",

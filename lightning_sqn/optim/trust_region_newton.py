@@ -137,8 +137,8 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        norm: Norm = "rmsprop",
         *,
+        norm: Norm = "rmsprop",
         initial_radius: float = 1.0,
         max_radius: float = 10.0,
         eta1: float = 1e-4,

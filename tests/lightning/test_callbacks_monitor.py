@@ -165,7 +165,7 @@ def test_epoch_interval_aggregates(tmp_path) -> None:
 def test_epoch_interval_sums_products_and_leaves_out_the_cg_code(tmp_path) -> None:
     """Hessian-free: products and evaluations are epoch totals, lambda and CG iterations epoch means, the
     CG exit code (a category) is logged per step only."""
-    make = lambda p: lightning_sqn.HessianFree(p, "hessian", preconditioner=False, max_cg_iters=5)  # noqa: E731
+    make = lambda p: lightning_sqn.HessianFree(p, curvature="hessian", preconditioner=False, max_cg_iters=5)  # noqa: E731
     recorder, events, _ = _fit(tmp_path, make, TrustRegionMonitor(logging_interval="epoch"), strategy="sqn")
     per_epoch = [recorder.steps[e * STEPS_PER_EPOCH : (e + 1) * STEPS_PER_EPOCH] for e in range(EPOCHS)]
     assert all("cg_reason" in s for s in recorder.steps)

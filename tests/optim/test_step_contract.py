@@ -301,3 +301,19 @@ def test_non_scalar_loss_is_refused(case: OptimizerCase) -> None:
 
     with pytest.raises(ValueError, match="returned a loss of shape"):
         opt.step(per_example)
+
+
+def test_overflow_of_the_float32_gradient_norm_is_named_as_such() -> None:
+    """Every entry of g is finite (1e20) but g^T g overflows float32: the message says so."""
+    p = nn.Parameter(torch.ones(4))
+    opt = lightning_sqn.LSR1([p])
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = p.sum() * 1e20
+        loss.backward()
+        return loss
+
+    with pytest.raises(lightning_sqn.NonFiniteLossError, match=r"squared norm of the gradient overflows"):
+        opt.step(closure)
+    assert torch.equal(p.detach(), torch.ones(4))
