@@ -72,12 +72,9 @@ class LBFGS(QuasiNewtonOptimizer):
             memory=memory, forget_every=forget_every, lr=lr, gamma=gamma, curvature_eps=curvature_eps
         )
         super().__init__(params, defaults)
-        flat = self._flat
-        self.matrix = LBFGSMatrix(
+        self.matrix = LBFGSMatrix.for_params(
             memory,
-            flat.numel,
-            dtype=flat.dtype,
-            device=flat.device,
+            self._flat,
             gamma=gamma,
             curvature_eps=curvature_eps,
             work_rows=3,

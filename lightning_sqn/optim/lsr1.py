@@ -91,12 +91,9 @@ class LSR1(QuasiNewtonOptimizer):
         if method == "line_search":
             self.step_sizing = "line search from the unit quasi-Newton step"
         super().__init__(params, defaults)
-        flat = self._flat
-        matrix = LSR1Matrix(
+        matrix = LSR1Matrix.for_params(
             memory,
-            flat.numel,
-            dtype=flat.dtype,
-            device=flat.device,
+            self._flat,
             form="B" if method == "trust_region" else "H",
             gamma=gamma,
             gamma_init=gamma_init,

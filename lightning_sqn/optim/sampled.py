@@ -224,12 +224,9 @@ class SampledLSR1(_SampledBase):
             subproblem=subproblem,
         )
         super().__init__(params, defaults)
-        flat = self._flat
-        self.matrix = LSR1Matrix(
+        self.matrix = LSR1Matrix.for_params(
             memory,
-            flat.numel,
-            dtype=flat.dtype,
-            device=flat.device,
+            self._flat,
             form="B",
             gamma=gamma,
             gamma_init=gamma_init,
@@ -295,12 +292,9 @@ class SampledLBFGS(_SampledBase):
             curvature_eps=curvature_eps,
         )
         super().__init__(params, defaults)
-        flat = self._flat
-        self.matrix = LBFGSMatrix(
+        self.matrix = LBFGSMatrix.for_params(
             memory,
-            flat.numel,
-            dtype=flat.dtype,
-            device=flat.device,
+            self._flat,
             gamma=gamma,
             curvature_eps=curvature_eps,
             work_rows=3,

@@ -9,6 +9,7 @@ fold the projection into the step's single read (see :mod:`~lightning_sqn.optim.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +53,11 @@ class LimitedMemoryMatrix:
         gamma_init = checks.positive("gamma_init", gamma_init)
         self.memory = PairMemory(memory, n, dtype=dtype, device=device, work_rows=work_rows)
         self.gamma = float(gamma_init)
+
+    @classmethod
+    def for_params(cls, memory: int, flat: Any, **options: Any) -> Any:
+        """The matrix over an optimizer's flat parameters (their length, state dtype and device)."""
+        return cls(memory, flat.numel, dtype=flat.dtype, device=flat.device, **options)
 
     @property
     def m(self) -> int:
