@@ -30,7 +30,7 @@ SUBCOMMANDS: tuple[str, ...] = ("fit", "validate", "test", "predict")
 
 #: the demo's optimizers: (run name, optimizer name, options, global batch size, description)
 DEMO_RUNS: tuple[tuple[str, str, dict[str, Any], int, str], ...] = (
-    ("lsr1", "lsr1", {"memory": 5}, 128, "L-SR1, trust region (memory 5), batch 128"),
+    ("lsr1", "lsr1", {"memory": 5}, 128, "L-SR1, trust region (memory 5, B_0 = 0.1 I), batch 128"),
     ("nag", "nag", {"lr": 0.05, "momentum": 0.9}, 32, "NAG (lr 0.05, momentum 0.9), batch 32"),
     (
         "lbfgs",
