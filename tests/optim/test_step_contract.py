@@ -317,3 +317,32 @@ def test_overflow_of_the_float32_gradient_norm_is_named_as_such() -> None:
     with pytest.raises(lightning_sqn.NonFiniteLossError, match=r"squared norm of the gradient overflows"):
         opt.step(closure)
     assert torch.equal(p.detach(), torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: lightning_sqn.LSR1(p, full_batch=True),
+        lambda p: lightning_sqn.LBFGS(p, full_batch=True),
+        lambda p: lightning_sqn.SR1(p, full_batch=True),
+    ],
+    ids=["lsr1", "lbfgs", "sr1"],
+)
+def test_full_batch_step_rolls_back_its_cached_evaluation(make) -> None:
+    """Full batch: a step reuses f, g of the point the last one ended on; a failed step keeps that cache."""
+    batches = make_batches(num_batches=1)
+    model = make_bn_mlp()
+    opt = make(model.parameters())
+    opt.track_running_stats(model)
+    for t in range(4):
+        _step(model, opt, batches, t)
+    reference_model, reference_opt = copy.deepcopy((model, opt))
+    before = _snapshot(model, opt)
+    with pytest.raises(Interrupt):
+        opt.step(RaisingClosure(model, opt, batches, raise_at=1).new_step(4))
+    _assert_same(_snapshot(model, opt), before)
+    for t in (4, 5):
+        _step(model, opt, batches, t)
+        _step(reference_model, reference_opt, batches, t)
+        assert opt.last_step.closure_evals == reference_opt.last_step.closure_evals
+    _assert_same(_snapshot(model, opt), _snapshot(reference_model, reference_opt))
