@@ -280,7 +280,7 @@ class HessianFree(QuasiNewtonOptimizer):
         """``v -> B v`` (undamped) at x_k, averaged over ranks."""
         if self.curvature == "hessian":
             graph = self.evaluation.graph
-            if graph is None:  # pragma: no cover - _evaluate raises first
+            if graph is None:  # pragma: no cover - the evaluation raises first
                 raise RuntimeError("the evaluation at x_k did not keep its graph")
             return graph.hvp
         assert batch is not None and fmod is not None and self.loss is not None
