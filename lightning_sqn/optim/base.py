@@ -153,7 +153,7 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         buffers = running_stat_buffers(module)
         self.evaluation.running_stats = RunningStats(buffers) if buffers else None
 
-    def load_pairs(self, S: Tensor, Y: Tensor) -> Tensor:
+    def load_pairs(self, S: Tensor, Y: Tensor) -> int:
         """Replace the curvature memory by the pairs (rows of ``S``, ``Y``), offered in order.
 
         Each pair meets the optimizer's own test (SR1 skip rule with rank repair, BFGS curvature
