@@ -10,36 +10,26 @@ optimization" (ICML 2010) and of his slides of the same title.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from lightning_sqn import _checks as checks
-from lightning_sqn._flat import FunctionalModule
 from lightning_sqn._state import AttributeState, Part
-from lightning_sqn.curvature.capture import (
-    CAPTURE_HINTS,
-    CapturedBatch,
-    CaptureError,
-    ForwardCapture,
-    fisher_diagonal,
-)
-from lightning_sqn.curvature.ggn import LOSSES, GGNLoss, ggn_matvec
+from lightning_sqn.curvature.ggn import LOSSES, GGNLoss
 from lightning_sqn.globalization.damping import LevenbergMarquardt
 from lightning_sqn.globalization.linesearch import (
     ArmijoBacktracking,
     LineSearch,
     resolve_line_search,
 )
-from lightning_sqn.krylov.cg import CGResult, ProgressWindow, solve_cg
 from lightning_sqn.optim.base import QuasiNewtonOptimizer
 from lightning_sqn.optim.damped_stepper import DampedStepper
 from lightning_sqn.optim.evaluation import Closure
+from lightning_sqn.optim.hessian_free_model import Curvature, HessianFreeModel
 from lightning_sqn.optim.stats import StepStats
-
-Curvature = Literal["ggn", "hessian"]
 
 
 def _martens_line_search() -> ArmijoBacktracking:
@@ -217,9 +207,8 @@ class HessianFree(QuasiNewtonOptimizer):
                 "(functional products on the first ceil(fraction * batch) examples) or a smaller closure "
                 "batch."
             )
-        defaults = dict(
+        model_options = dict(
             curvature=curvature,
-            damping=damping,
             loss=loss,
             max_cg_iters=max_cg_iters,
             cg_eps=cg_eps,
@@ -229,29 +218,20 @@ class HessianFree(QuasiNewtonOptimizer):
             preconditioner_exponent=preconditioner_exponent,
             curvature_batch_fraction=curvature_batch_fraction,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, dict(damping=damping, **model_options))
         self.curvature: Curvature = curvature
         self.loss = loss
         self.max_cg_iters = max_cg_iters
-        self.progress_window = ProgressWindow(eps=cg_eps)
-        self.cg_tol = cg_tol
-        self.warm_start_decay = warm_start_decay
-        self.preconditioner = preconditioner
-        self.preconditioner_exponent = preconditioner_exponent
-        self.curvature_batch_fraction = curvature_batch_fraction
         self.line_search: LineSearch | None = line_search
         self.damping_rule = damping_rule or LevenbergMarquardt()
-        self._stepper = DampedStepper(self.evaluation, line_search, self.damping_rule, curvature == "hessian")
         self.needs_graph = curvature == "hessian"
+        what = f"{type(self).__name__}(curvature={curvature!r}, preconditioner={preconditioner})"
+        self._model = HessianFreeModel(self.evaluation, what, **model_options)  # type: ignore[arg-type]
+        self._stepper = DampedStepper(self.evaluation, line_search, self.damping_rule, curvature == "hessian")
         flat = self._flat
         self.damping = torch.tensor(float(damping), dtype=flat.dtype, device=flat.device)
-        self._p_prev = flat.new_zeros()  # the previous CG run's last iterate (warm start)
-        self._has_prev = False
         self._g = flat.new_zeros()
-        self._capture: ForwardCapture | None = None
-        self._state = AttributeState(
-            self, {"damping": "damping", "p_prev": "_p_prev", "has_prev": "_has_prev"}, "HessianFree"
-        )
+        self._damping_state = AttributeState(self, {"damping": "damping"}, "HessianFree")
 
     # ------------------------------------------------------------ watched module
     def watch_module(self, module: nn.Module) -> None:
@@ -263,85 +243,20 @@ class HessianFree(QuasiNewtonOptimizer):
         start unless a module is watched already (so a ``training_step`` that calls ``self.net(x)``
         needs ``optimizer.watch_module(self.net)`` in ``configure_optimizers``).
         """
-        if self._capture is not None:
-            self._capture.remove()
-        self._capture = ForwardCapture(module)
+        self._model.watch(module)
 
     @property
     def watched_module(self) -> nn.Module | None:
         """The module whose forward is captured, or ``None``."""
-        return None if self._capture is None else self._capture.module
-
-    # ------------------------------------------------------------ the pieces of a step
-    def _needs_capture(self) -> bool:
-        return self.curvature == "ggn" or self.preconditioner
-
-    def _curvature_products(self, batch: CapturedBatch | None, fmod: FunctionalModule | None) -> Callable:
-        """``v -> B v`` (undamped) at x_k, averaged over ranks."""
-        if self.curvature == "hessian":
-            graph = self.evaluation.graph
-            if graph is None:  # pragma: no cover - the evaluation raises first
-                raise RuntimeError("the evaluation at x_k did not keep its graph")
-            return graph.hvp
-        assert batch is not None and fmod is not None and self.loss is not None
-        K = batch.curvature_size(self.curvature_batch_fraction)
-        matvec = ggn_matvec(fmod, self.loss, batch.inputs[:K])
-        comm = self.communicator
-        if comm is None:
-            return matvec
-        return lambda v: comm.all_reduce_mean(matvec(v))
-
-    def _fisher_diagonal(self, batch: CapturedBatch, fmod: FunctionalModule) -> Tensor:
-        """D of the preconditioner, averaged over ranks."""
-        D = fisher_diagonal(fmod, batch, batch.curvature_size(self.curvature_batch_fraction))
-        return D if self.communicator is None else self.communicator.all_reduce_mean(D)
-
-    def _solve(self, g: Tensor, lam: float) -> tuple[CGResult, bool]:
-        """Preconditioned, warm-started CG on the damped model at x_k; also whether it was warm-started."""
-        capture = self._capture
-        batch = fmod = None
-        if self._needs_capture():
-            assert capture is not None
-            what = (
-                f"{type(self).__name__}(curvature={self.curvature!r}, preconditioner={self.preconditioner})"
-            )
-            batch = capture.batch(what)
-            fmod = FunctionalModule(capture.module, self._flat)
-        products = self._curvature_products(batch, fmod)
-
-        def damped(v: Tensor) -> Tensor:  # (B + lambda I) v, slide "Standard HF", line 4
-            return products(v) + lam * v
-
-        precond = None
-        if self.preconditioner:
-            assert batch is not None and fmod is not None
-            D = self._fisher_diagonal(batch, fmod)
-            # M = [diag(sum_i grad f_i^2) + lambda I]^alpha (slide listing the ingredients)
-            precond = D.add_(lam).pow_(self.preconditioner_exponent)
-        decay = self.warm_start_decay
-        x0 = self._p_prev * decay if self._has_prev and decay > 0.0 else None
-        res = solve_cg(
-            damped,
-            -g,
-            x0=x0,
-            precond=precond,
-            max_iters=self.max_cg_iters,
-            tol=self.cg_tol,
-            progress_window=self.progress_window,
-        )
-        return res, x0 is not None
+        capture = self._model.capture
+        return None if capture is None else capture.module
 
     # ------------------------------------------------------------ step
     def _step(self, closure: Closure) -> StepStats:
-        capture = self._capture
-        if self._needs_capture() and capture is None:
-            raise CaptureError(
-                f"{type(self).__name__}(curvature={self.curvature!r}, preconditioner={self.preconditioner}) "
-                f"needs the network's input and output at x_k, but no module is watched. {CAPTURE_HINTS}"
-            )
-        ev = self.evaluation
-        g = self._g
-        if capture is not None and self._needs_capture():
+        model, ev, g = self._model, self.evaluation, self._g
+        model.check_capture()
+        capture = model.capture if model.needs_capture else None
+        if capture is not None:
             capture.arm()
         try:
             f0_t = ev(closure, g, create_graph=self.curvature == "hessian")
@@ -351,20 +266,19 @@ class HessianFree(QuasiNewtonOptimizer):
         try:
             ev.check_finite_start(f0_t, g)
             lam = float(self.damping)
-            res, warm = self._solve(g, lam)
+            res, warm = model.solve(g, lam)
         finally:
             ev.graph = None  # free the activations before the trial evaluations
-            if capture is not None:
-                capture.clear()
+            if model.capture is not None:
+                model.capture.clear()
         stats, next_lam = self._stepper.step(closure, g, f0_t, lam, res, warm)
         self.damping.fill_(next_lam)
-        self._p_prev.copy_(res.x)  # the next CG run's warm start (after the last closure call)
-        self._has_prev = True
+        model.remember(res)
         return stats
 
     # ------------------------------------------------------------ state
     def _parts(self) -> dict[str, Part]:
-        return {"hessian_free": self._state}
+        return {"model": self._model, "damping": self._damping_state}
 
 
 __all__ = ["HessianFree"]

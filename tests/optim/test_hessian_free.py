@@ -26,7 +26,7 @@ from lightning_sqn._flat import FunctionalModule
 from lightning_sqn.curvature.capture import CaptureError, ForwardCapture
 from lightning_sqn.curvature.ggn import ggn_matvec
 from lightning_sqn.globalization.damping import LevenbergMarquardt
-from lightning_sqn.optim import hessian_free
+from lightning_sqn.optim import hessian_free_model
 from lightning_sqn.subproblem.result import SolverStatus
 
 F = nn.functional
@@ -79,7 +79,7 @@ def _spy_cg(monkeypatch) -> list[dict]:
     """Record the arguments and results of every solve_cg call of HessianFree, and the dense matrix of
     its operator (formed before CG runs, while the parameters are at x_k)."""
     calls: list[dict] = []
-    real = hessian_free.solve_cg
+    real = hessian_free_model.solve_cg
 
     def spy(matvec, b, **kwargs):
         E = torch.eye(b.numel(), dtype=b.dtype)
@@ -88,7 +88,7 @@ def _spy_cg(monkeypatch) -> list[dict]:
         calls.append({"A": A, "b": b, "res": res, **kwargs})
         return res
 
-    monkeypatch.setattr(hessian_free, "solve_cg", spy)
+    monkeypatch.setattr(hessian_free_model, "solve_cg", spy)
     return calls
 
 
