@@ -45,6 +45,7 @@ class StagingModel:
     """
 
     work: Tensor
+    needs_graph = False  #: quasi-Newton models need no Hessian-vector products
 
     def _init_rows(self) -> None:
         self._rows = self.work.unbind(0)  # views made once: no view operation per step

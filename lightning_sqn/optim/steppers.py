@@ -40,6 +40,7 @@ class StepModel(Protocol):
     """Curvature model of a stepper (see :mod:`~lightning_sqn.optim.models` for the phases)."""
 
     g: Tensor  #: where the stepper evaluates g(x_k)
+    needs_graph: bool  #: the evaluation at x_k must keep its graph (Hessian-vector products)
     s: Tensor  #: where the model writes the step or direction
 
     def gather(self, f: Tensor) -> Tensor:
@@ -118,7 +119,7 @@ class Stepper(AttributePart):
         """f, g at x_k (evaluated, or reused in full-batch mode); the step's first read; the staged
         pair offered. Returns (f0, f0 on the host, g^T g, stored, dropped)."""
         opt, model, refresh = self.opt, self.model, self.refresh
-        needs_graph = getattr(model, "needs_graph", False) or (refresh is not None and refresh.needs_graph)
+        needs_graph = model.needs_graph or (refresh is not None and refresh.needs_graph)
         f0 = self._cached_f if opt.full_batch and not needs_graph else None
         self._cached_f = None
         #: index of the evaluation at x_k in this step (None when it was reused from the last step)
