@@ -171,7 +171,7 @@ def test_runner_helpers() -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         RUNNER.parse_assignment("max_epochs")
     specs = RUNNER.expand(RUNNER.load_config(RUNNER.find_configs("fig1_mnist_lenet")[0]))
-    assert [s.name for s in RUNNER.select(specs, ["bn/l*"])] == ["bn/lsr1", "bn/lbfgs"]
+    assert [s.name for s in RUNNER.select(specs, ["bn/l*"])] == ["bn/lsr1", "bn/lbfgs", "bn/lbfgs_no_forget"]
     with pytest.raises(ValueError, match="matches none"):
         RUNNER.select(specs, ["nothing"])
     assert len(RUNNER.find_configs("fig6_sweeps")) == 3
