@@ -136,14 +136,15 @@ class Evaluation:
             stats.after_evaluation()
         self.count += 1
         loss = self._check_loss(loss)
-        if all(p.grad is None for p in params):
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
             raise RuntimeError(NO_GRADIENT.format(name=self.name))
-        for p in params:
-            if p.grad is not None and p.grad.is_sparse:
-                raise RuntimeError(
-                    f"{self.name} needs dense gradients, but a parameter of shape {tuple(p.shape)} has a "
-                    "sparse one (e.g. nn.Embedding(sparse=True)); build that layer with sparse=False."
-                )
+        sparse = next((tuple(g.shape) for g in grads if g.is_sparse), None)
+        if sparse is not None:
+            raise RuntimeError(
+                f"{self.name} needs dense gradients, but a parameter of shape {sparse} has a sparse one "
+                "(e.g. nn.Embedding(sparse=True)); build that layer with sparse=False."
+            )
         if create_graph and self.graph is None:
             grads = take_graph_from_grads(params)
             if grads is None:

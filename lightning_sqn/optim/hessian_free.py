@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from lightning_sqn import _checks as checks
@@ -229,7 +228,7 @@ class HessianFree(QuasiNewtonOptimizer):
         self._model = HessianFreeModel(self.evaluation, what, **model_options)  # type: ignore[arg-type]
         self._stepper = DampedStepper(self.evaluation, line_search, self.damping_rule, curvature == "hessian")
         flat = self._flat
-        self.damping = torch.tensor(float(damping), dtype=flat.dtype, device=flat.device)
+        self.damping = damping  #: lambda of the next step (a host float: the rule runs on the host)
         self._g = flat.new_zeros()
         self._damping_state = AttributeState(self, {"damping": "damping"}, "HessianFree")
 
@@ -265,14 +264,14 @@ class HessianFree(QuasiNewtonOptimizer):
                 capture.disarm()
         try:
             ev.check_finite_start(f0_t, g)
-            lam = float(self.damping)
+            lam = self.damping
             res, warm = model.solve(g, lam)
         finally:
             ev.graph = None  # free the activations before the trial evaluations
             if model.capture is not None:
                 model.capture.clear()
         stats, next_lam = self._stepper.step(closure, g, f0_t, lam, res, warm)
-        self.damping.fill_(next_lam)
+        self.damping = next_lam
         model.remember(res)
         return stats
 

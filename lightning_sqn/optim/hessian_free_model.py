@@ -74,7 +74,9 @@ class HessianFreeModel(AttributePart):
         self.preconditioner_exponent = preconditioner_exponent
         self.curvature_batch_fraction = curvature_batch_fraction
         self.capture: ForwardCapture | None = None
-        self.p_prev = ev.flat.new_zeros()  # the previous CG run's last iterate (warm start)
+        #: the previous CG run's last iterate (warm start); a step replaces it, never writes it in place,
+        #: so the undo token holds it by reference
+        self.p_prev = ev.flat.new_zeros()
         self.has_prev = False
         self._state = AttributeState(self, {"p_prev": "p_prev", "has_prev": "has_prev"}, "HessianFree model")
 
@@ -151,8 +153,14 @@ class HessianFreeModel(AttributePart):
 
     def remember(self, res: CGResult) -> None:
         """The next CG run's warm start (called after the step's last closure evaluation)."""
-        self.p_prev.copy_(res.x)
+        self.p_prev = res.x
         self.has_prev = True
+
+    def begin(self) -> tuple[Tensor, bool]:
+        return self.p_prev, self.has_prev  # a reference: see p_prev
+
+    def rollback(self, token: tuple[Tensor, bool]) -> None:
+        self.p_prev, self.has_prev = token
 
 
 __all__ = ["Curvature", "HessianFreeModel"]
