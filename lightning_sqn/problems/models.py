@@ -60,7 +60,7 @@ def _bn1d(features: int, batch_norm: bool) -> nn.Module:
     return nn.BatchNorm1d(features) if batch_norm else nn.Identity()
 
 
-def lenet5_mnist(batch_norm: bool = False) -> nn.Module:
+def lenet5_mnist(batch_norm: bool = False, bn_position: str = "after_activation") -> nn.Module:
     r"""The MNIST LeNet5 of the appendix ("Network Architectures and Hyperparameter Settings", MNIST).
 
     The appendix lists, in this order ("All the batch normalization layers were removed, in the 'without
@@ -92,26 +92,43 @@ def lenet5_mnist(batch_norm: bool = False) -> nn.Module:
 
     Args:
         batch_norm: insert the three batch-normalization layers.
+        bn_position: ``"after_activation"`` (the appendix's order, above) or ``"before_activation"``
+            (conv -> BN -> ReLU, fc1 -> BN -> tanh, as in Ioffe & Szegedy); an ablation of a choice the
+            paper's wording leaves open to reading. Ignored without ``batch_norm``.
 
     Returns:
         ``nn.Sequential`` with named layers (``conv1``, ``relu1``, ``bn1``, ``pool1``, ..., ``fc1``,
-        ``tanh``, ``bn3``, ``fc2``).
+        ``tanh``, ``bn3``, ``fc2``; with ``"before_activation"`` each ``bn`` precedes its activation).
     """
+    if bn_position not in ("after_activation", "before_activation"):
+        raise ValueError(
+            f"bn_position must be 'after_activation' or 'before_activation', got {bn_position!r}"
+        )
+
+    def unit(layer: tuple[str, nn.Module], activation: tuple[str, nn.Module], bn: tuple[str, nn.Module]):
+        return [layer, *((bn, activation) if bn_position == "before_activation" else (activation, bn))]
+
     return nn.Sequential(
         OrderedDict(
             [
-                ("conv1", _conv(1, 20, padding=0, std=0.1)),
-                ("relu1", nn.ReLU()),
-                ("bn1", _bn2d(20, batch_norm)),
+                *unit(
+                    ("conv1", _conv(1, 20, padding=0, std=0.1)),
+                    ("relu1", nn.ReLU()),
+                    ("bn1", _bn2d(20, batch_norm)),
+                ),
                 ("pool1", nn.MaxPool2d(kernel_size=2, stride=2)),
-                ("conv2", _conv(20, 50, padding=0, std=0.1)),
-                ("relu2", nn.ReLU()),
-                ("bn2", _bn2d(50, batch_norm)),
+                *unit(
+                    ("conv2", _conv(20, 50, padding=0, std=0.1)),
+                    ("relu2", nn.ReLU()),
+                    ("bn2", _bn2d(50, batch_norm)),
+                ),
                 ("pool2", nn.MaxPool2d(kernel_size=2, stride=2)),
                 ("flatten", nn.Flatten()),
-                ("fc1", _linear(50 * 4 * 4, 500, std=0.1)),
-                ("tanh", nn.Tanh()),
-                ("bn3", _bn1d(500, batch_norm)),
+                *unit(
+                    ("fc1", _linear(50 * 4 * 4, 500, std=0.1)),
+                    ("tanh", nn.Tanh()),
+                    ("bn3", _bn1d(500, batch_norm)),
+                ),
                 ("fc2", _linear(500, 10, std=0.1)),
             ]
         )

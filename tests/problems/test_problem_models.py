@@ -257,3 +257,18 @@ def test_resnet20_bn_state_size() -> None:
     bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bn) == 19  # one after each of the 19 convolutions
     assert sum(m.num_features for m in bn) == 16 + 6 * 16 + 6 * 32 + 6 * 64
+
+
+def test_lenet5_mnist_bn_before_activation_reorders_only() -> None:
+    after = lenet5_mnist(batch_norm=True)
+    before = lenet5_mnist(batch_norm=True, bn_position="before_activation")
+    names = [name for name, _ in before.named_children()]
+    assert names[:4] == ["conv1", "bn1", "relu1", "pool1"]
+    assert names[9:12] == ["fc1", "bn3", "tanh"]
+    # same parameters, same count: only the order of BN and activation differs
+    assert sorted(n for n, _ in after.named_parameters()) == sorted(n for n, _ in before.named_parameters())
+    before.load_state_dict(after.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    assert not torch.allclose(before.eval()(x), after.eval()(x))
+    with pytest.raises(ValueError, match="bn_position"):
+        lenet5_mnist(batch_norm=True, bn_position="middle")
