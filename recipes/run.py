@@ -47,7 +47,17 @@ import yaml
 RECIPES = Path(__file__).resolve().parent
 PRESETS = ("smoke", "cpu", "paper")
 TOP_KEYS = {"description", "seeds", "groups", "runs", "report", "presets"}
-RUN_KEYS = {"description", "data", "model", "task", "trainer", "batch_size", "optimizer", "optimizer_options"}
+RUN_KEYS = {
+    "description",
+    "data",
+    "model",
+    "task",
+    "trainer",
+    "batch_size",
+    "optimizer",
+    "optimizer_options",
+    "stop_below",
+}
 DEFAULT_OUT = "runs"
 
 
@@ -240,14 +250,33 @@ def lightning_config(
             raise ValueError(f"data set {dataset!r} needs --data-dir (torchvision's root layout)")
         data["data_dir"] = str(data_dir)
     closure = uses_closure(settings)
-    callbacks = ["TrustRegionMonitor", "SkippedUpdateCounter"] if closure else []
+    callbacks: list[dict[str, Any]] = [
+        {"class_path": f"lightning_sqn.callbacks.{c}"}
+        for c in (["TrustRegionMonitor", "SkippedUpdateCounter"] if closure else [])
+    ]
+    stop_below = settings.get("stop_below")
+    if stop_below is not None:
+        # "epochs to reach a target" (Table 1) needs no epoch after the target's: stop at the first test
+        # error < stop_below (Lightning's EarlyStopping threshold; patience never ends a run by itself)
+        callbacks.append(
+            {
+                "class_path": "lightning.pytorch.callbacks.EarlyStopping",
+                "init_args": {
+                    "monitor": "test/error",
+                    "mode": "min",
+                    "stopping_threshold": float(stop_below),
+                    "patience": 1_000_000,
+                    "check_on_train_epoch_end": False,
+                },
+            }
+        )
     trainer: dict[str, Any] = {**TRAINER_DEFAULTS, **dict(settings.get("trainer") or {})}
     trainer.update(
         accelerator=accelerator,
         devices=devices,
         strategy=strategy_for(settings, devices),
         enable_progress_bar=progress_bar,
-        callbacks=[{"class_path": f"lightning_sqn.callbacks.{c}"} for c in callbacks],
+        callbacks=callbacks,
         logger=False
         if log_root is None
         else {

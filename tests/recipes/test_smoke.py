@@ -126,3 +126,15 @@ def test_saved_lightning_cli_config_repeats_the_run(smoke, tmp_path) -> None:
         steps, values = load_scalars(tmp_path / "no_bn", tag)["lsr1"][0]
         assert steps.tolist() == first_steps.tolist() and len(values) > 0
         assert values.tolist() == pytest.approx(first.tolist(), rel=1e-6), tag
+
+
+def test_stop_below_ends_the_run_at_the_first_epoch_under_the_threshold(tmp_path, fake_data) -> None:
+    # every test error is <= 100%, so a threshold of 100.5 stops after the first evaluation; the smoke
+    # preset would otherwise train 2 epochs
+    argv = ["fit", "fig1_mnist_lenet", "--preset", "smoke", "--runs", "no_bn/nag", "--data-dir", str(fake_data)]
+    argv += ["--out", str(tmp_path), "--set", "stop_below=100.5", "--no-progress-bar"]
+    assert RUNNER.main(argv) == 0
+    summary = json.loads((tmp_path / "fig1_mnist_lenet/no_bn/nag/seed_0/summary.json").read_text())
+    assert summary["epochs"] == 1
+    epochs, _ = load_scalars(tmp_path / "fig1_mnist_lenet", "test/error")["no_bn/nag"][0]
+    assert epochs.tolist() == [1]
