@@ -6,8 +6,8 @@ Ramamurthy & Duffy 2017, Alg. 1), Nesterov's accelerated gradient and L-BFGS wit
 steps. It prints a table, writes a PNG of the test error per epoch and leaves TensorBoard logs
 (``tensorboard --logdir <out>``).
 
-``lightning-sqn report ...`` is ``python -m lightning_sqn.report ...`` (curves and tables from any logs
-laid out as ``<logs>/<run>/seed_<s>/``).
+``lightning-sqn report LOGS ...`` is ``python -m lightning_sqn.report LOGS ...`` (curves and tables from
+any logs laid out as ``<logs>/<run>/seed_<s>/``; a recipe's log root gets the recipe's report).
 
 ``lightning-sqn fit|validate|test|predict ...`` is LightningCLI over the recipes' classification task
 (:mod:`lightning_sqn.problems.cli`): ``lightning-sqn fit --config config.yaml`` repeats one recipe run

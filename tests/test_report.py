@@ -108,6 +108,15 @@ def test_markdown_tables(logs):
         "| lsr1 | 2 | 3.00 ± 1.41 | 8.00 |"
     )
     assert report.markdown_table(["a|b"], [[1]]) == "| a\\|b |\n|---|\n| 1 |"
+    # the paper's column is data: a value per run, "–" where the paper says nothing
+    with_paper = report.skipped_table(
+        report.load_scalars(logs, report.SKIPPED_TOTAL_TAG), paper={"lsr1": "7% to > 60%"}
+    )
+    assert with_paper.splitlines()[0] == "| run | seeds | skipped updates (%) | paper |"
+    assert with_paper.splitlines()[2] == "| lsr1 | 2 | 3.00 ± 1.41 | 7% to > 60% |"
+    assert report.skipped_table(report.load_scalars(logs, report.SKIPPED_TOTAL_TAG), paper={}).endswith(
+        "| – |"
+    )
 
 
 def test_plot_curves_writes_a_png(logs, tmp_path):
@@ -121,7 +130,7 @@ def test_plot_curves_writes_a_png(logs, tmp_path):
 
 def test_main_writes_report_and_figures(logs, tmp_path, capsys):
     out = tmp_path / "out"
-    assert report.main(["--logs", str(logs), "--out", str(out), "--targets", "1.5"]) == 0
+    assert report.main([str(logs), "--out", str(out), "--targets", "1.5"]) == 0
     text = (out / "report.md").read_text(encoding="utf-8")
     assert capsys.readouterr().out == text + "\n"
     assert "| lsr1 | 3.0 ± 0.0 |" in text and "| nag | 4.0 (1/2 seeds) |" in text
@@ -136,7 +145,7 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="x must be"):
         report.load_scalars(tmp_path, "test/error", x="time")
     with pytest.raises(SystemExit):
-        report.main(["--logs", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+        report.main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
 
 
 def test_format_mean_std_shows_the_spread_only_over_several_seeds() -> None:
@@ -144,3 +153,48 @@ def test_format_mean_std_shows_the_spread_only_over_several_seeds() -> None:
 
     assert format_mean_std([2.5]) == "2.50"
     assert format_mean_std([1.0, 3.0], 1) == "2.0 ± 1.4"  # sample std (ddof=1): sqrt(2)
+
+
+def test_a_recipe_log_root_gets_the_recipes_report(logs, tmp_path, capsys):
+    """With ``recipe_config.yaml`` at the log root, the report has the recipe's title, row order, targets,
+    the paper's skipped-update values and Table 1, without flags; flags replace the recipe's values."""
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "recipe"
+    shutil.copytree(logs, root)
+    recipe = {
+        "name": "paper/experiment",
+        "runs": {"nag": {}, "lsr1": {}},
+        "report": {
+            "title": "Figure 9",
+            "targets": [1.5],
+            "paper_skipped": {"lsr1": "7%"},
+            "table1": {"columns": {"": 1.5}, "paper": {"lsr1": [5], "nag": [None]}},
+        },
+    }
+    (root / report.RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    assert report.main([str(root)]) == 0
+    text = (root / "report" / "report.md").read_text(encoding="utf-8")
+    assert text.startswith("# Figure 9")
+    per_epoch = text[text.index("per epoch") :]
+    assert per_epoch.index("| nag |") < per_epoch.index("| lsr1 |")  # the recipe's order
+    assert "| lsr1 | 2 | 3.00 ± 1.41 | 8.00 | 7% |" in text
+    assert "| nag | 4.0 (1/2 seeds) | – |\n| lsr1 | 3.0 ± 0.0 | 5 |" in text  # Table 1, in the recipe's order
+    capsys.readouterr()
+    assert report.main([str(root), "--targets", "5", "--out", str(tmp_path / "flags")]) == 0
+    assert "epochs to test error ≤ 5 |" in (tmp_path / "flags" / "report.md").read_text(encoding="utf-8")
+
+
+def test_long_runs_show_a_selection_of_epochs(tmp_path) -> None:
+    import numpy as np
+
+    from lightning_sqn.report.builder import _shown_epochs
+
+    xs = np.arange(1, 201)
+    shown = _shown_epochs({"run": {0: (xs, xs * 0.5)}})["run"][0]
+    assert shown[0].tolist() == [1, 2, 3, 5, 10, 15, 20, 30, 50, 80, 100, 120, 150, 200]
+    assert shown[1].tolist() == (shown[0] * 0.5).tolist()
+    short = {"run": {0: (xs[:12], xs[:12])}}
+    assert _shown_epochs(short) is short

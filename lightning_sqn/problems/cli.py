@@ -83,6 +83,9 @@ class SQNLightningCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         kwargs.setdefault("save_config_callback", _SaveConfig)
+        # the task builds its optimizer from model.optimizer; LightningCLI's own top-level --optimizer /
+        # --lr_scheduler would be a second way to set it
+        kwargs.setdefault("auto_configure_optimizers", False)
         with _ignore_jsonargparse_deprecations():
             super().__init__(
                 ClassificationTask,

@@ -24,8 +24,8 @@ when no validation split is asked for (``trainer.test`` reports the same numbers
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeAlias
 
 import lightning.pytorch as pl
 import torch
@@ -35,9 +35,20 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_sqn.problems.optimizers import OPTIMIZERS, build_optimizer, needs_closure
 
+#: what LightningCLI builds from ``optimizer: {class_path: ..., init_args: {...}}`` (``OptimizerCallable``)
+OptimizerFactory: TypeAlias = Callable[[Iterable], torch.optim.Optimizer]
+
+
+_DOUBLE_DECAY = (
+    "pass weight_decay to ClassificationTask(weight_decay=...), not to the optimizer: the task adds "
+    "weight_decay/2 * ||w||^2 to the loss (the paper's L2), and a second decay inside the optimizer would "
+    "count it twice"
+)
+
 
 class ClassificationTask(pl.LightningModule):
-    r"""Train ``model`` with one of the optimizers of :data:`~lightning_sqn.problems.optimizers.OPTIMIZERS`.
+    r"""Train ``model`` with any optimizer: a factory (LightningCLI's ``class_path`` / ``init_args``) or a
+    name of :data:`~lightning_sqn.problems.optimizers.OPTIMIZERS` with the paper's settings.
 
     Works with Lightning's automatic optimization for closure optimizers (``Trainer(strategy="sqn")`` or
     ``"ddp_sqn"``, which evaluate ``training_step`` several times per step) and first-order ones alike.
@@ -57,8 +68,11 @@ class ClassificationTask(pl.LightningModule):
 
     Args:
         model: maps a batch of inputs to logits of shape ``(batch, num_classes)``.
-        optimizer: a name of :data:`~lightning_sqn.problems.optimizers.OPTIMIZERS`.
-        optimizer_options: keyword overrides for
+        optimizer: a callable that builds the optimizer from the parameters (what LightningCLI makes of
+            ``optimizer: {class_path: lightning_sqn.LSR1, init_args: {memory: 5}}`` in a config, or
+            ``functools.partial(LSR1, memory=5)``), or a name of
+            :data:`~lightning_sqn.problems.optimizers.OPTIMIZERS` (the paper's settings).
+        optimizer_options: with a name only: keyword overrides for
             :func:`~lightning_sqn.problems.optimizers.build_optimizer` (``None``: the paper's defaults).
         weight_decay: :math:`\lambda` of the L2 term :math:`\frac{\lambda}{2}\|w\|^2` in the loss.
         lr_milestones: epochs at which the learning rate is multiplied by ``lr_gamma``
@@ -67,8 +81,9 @@ class ClassificationTask(pl.LightningModule):
         num_classes: the number of classes of the error metric.
 
     Raises:
-        ValueError: unknown optimizer or option (see ``build_optimizer``); ``weight_decay`` in
-            ``optimizer_options`` (it belongs to the loss here); ``weight_decay < 0``; ``lr_milestones``
+        ValueError: unknown optimizer or option (see ``build_optimizer``); ``optimizer_options`` with a
+            factory; an optimizer with a nonzero ``weight_decay`` of its own (it belongs to the loss
+            here); ``weight_decay < 0``; ``lr_milestones``
             with a quasi-Newton optimizer (they have no learning rate to schedule) or not increasing
             positive integers.
 
@@ -85,7 +100,7 @@ class ClassificationTask(pl.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        optimizer: str = "lsr1",
+        optimizer: OptimizerFactory | str = "lsr1",
         optimizer_options: dict[str, Any] | None = None,
         weight_decay: float = 0.0,
         lr_milestones: Sequence[int] | None = None,
@@ -94,22 +109,33 @@ class ClassificationTask(pl.LightningModule):
     ) -> None:
         super().__init__()
         options = dict(optimizer_options or {})
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; valid names: {', '.join(OPTIMIZERS)}")
-        if "weight_decay" in options:
+        if isinstance(optimizer, str):
+            if optimizer not in OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {optimizer!r}; valid names: {', '.join(OPTIMIZERS)}")
+            if "weight_decay" in options:
+                raise ValueError(_DOUBLE_DECAY)
+        elif not callable(optimizer):
+            raise ValueError(f"optimizer must be a name or a callable params -> optimizer, got {optimizer!r}")
+        elif options:
             raise ValueError(
-                "pass weight_decay to ClassificationTask(weight_decay=...), not in optimizer_options: the "
-                "task adds weight_decay/2 * ||w||^2 to the loss (the paper's L2), and a second "
-                "decay inside the optimizer would count it twice"
+                "optimizer_options go with an optimizer name; a factory carries its own arguments "
+                "(init_args in a config, or functools.partial)"
             )
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        # a factory is not a hyperparameter Lightning can save; its class and arguments are in the config
+        self.save_hyperparameters(ignore=["model"] if isinstance(optimizer, str) else ["model", "optimizer"])
+        self._optimizer = optimizer
+        # fail now, not at fit start, on an unknown option or an invalid value
+        probe = self._build_optimizer([torch.zeros(1, requires_grad=True)])
+        if any(float(group.get("weight_decay") or 0.0) != 0.0 for group in probe.param_groups):
+            raise ValueError(_DOUBLE_DECAY)
         if lr_milestones is not None:
-            if needs_closure(optimizer):
+            if needs_closure(probe):
                 raise ValueError(
-                    f"lr_milestones schedule a learning rate, which the quasi-Newton optimizer {optimizer!r} "
-                    "does not have (its step length comes from the trust region or line search); use them "
-                    "with 'sgd', 'momentum', 'nag', 'adadelta' or 'adam'"
+                    f"lr_milestones schedule a learning rate, which the quasi-Newton optimizer "
+                    f"{type(probe).__name__} does not have (its step length comes from the trust region or "
+                    "line search); use them with a first-order optimizer"
                 )
             milestones = list(lr_milestones)
             if not all(isinstance(m, int) and m > 0 for m in milestones) or milestones != sorted(
@@ -118,9 +144,6 @@ class ClassificationTask(pl.LightningModule):
                 raise ValueError(f"lr_milestones must be increasing positive integers, got {lr_milestones!r}")
         if not lr_gamma > 0:
             raise ValueError(f"lr_gamma must be > 0, got {lr_gamma!r}")
-        # fail now, not at fit start, on an unknown option or an invalid value
-        build_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], **options)
-        self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_loss = MeanMetric()
@@ -216,10 +239,13 @@ class ClassificationTask(pl.LightningModule):
         self._train_time = float(checkpoint.get("classification_task", {}).get("train_time", 0.0))
 
     # ------------------------------------------------------------------ optimizer
+    def _build_optimizer(self, params: Iterable[Any]) -> torch.optim.Optimizer:
+        if isinstance(self._optimizer, str):
+            return build_optimizer(self._optimizer, params, **(self.hparams.optimizer_options or {}))
+        return self._optimizer(params)
+
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(
-            self.hparams.optimizer, self.parameters(), **(self.hparams.optimizer_options or {})
-        )
+        optimizer = self._build_optimizer(self.parameters())
         if self.hparams.lr_milestones is None:
             return optimizer
         scheduler = torch.optim.lr_scheduler.MultiStepLR(

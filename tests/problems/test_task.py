@@ -3,6 +3,8 @@ tags and the configuration errors (tiny float64 models on synthetic data made he
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning
 import pytest
 import torch
@@ -12,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sqn  # noqa: F401  (registers strategy="sqn")
+from lightning_sqn import LSR1
 from lightning_sqn.problems.optimizers import OPTIMIZERS, needs_closure
 from lightning_sqn.problems.task import ClassificationTask
 
@@ -172,7 +175,7 @@ def test_lr_milestones_multiply_the_learning_rate():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"optimizer": "lsr1", "lr_milestones": [80, 120]}, "quasi-Newton optimizer 'lsr1'"),
+        ({"optimizer": "lsr1", "lr_milestones": [80, 120]}, "quasi-Newton optimizer LSR1"),
         ({"optimizer": "lbfgs", "lr_milestones": [5]}, "does not have"),
         ({"optimizer": "sgd", "lr_milestones": [120, 80]}, "increasing positive integers"),
         ({"optimizer": "sgd", "optimizer_options": {"weight_decay": 1e-4}}, "count it twice"),
@@ -180,11 +183,33 @@ def test_lr_milestones_multiply_the_learning_rate():
         ({"optimizer": "newton"}, "valid names: lsr1, lsr1_ls"),
         ({"optimizer": "adam", "optimizer_options": {"momentum": 0.9}}, "valid options: lr, betas"),
         ({"optimizer": "sgd", "optimizer_options": {"lr": -1.0}}, "Invalid learning rate"),
+        # factories (LightningCLI's class_path / init_args, or functools.partial)
+        ({"optimizer": partial(torch.optim.SGD, lr=0.1, weight_decay=1e-4)}, "count it twice"),
+        ({"optimizer": partial(LSR1, memory=5), "lr_milestones": [80]}, "quasi-Newton optimizer LSR1"),
+        (
+            {"optimizer": partial(torch.optim.SGD, lr=0.1), "optimizer_options": {"lr": 1.0}},
+            "go with an optimizer name",
+        ),
+        ({"optimizer": 3}, "a name or a callable"),
+        ({"optimizer": partial(LSR1, memory=0)}, "memory"),
     ],
 )
 def test_configuration_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ClassificationTask(_net(), **kwargs)
+
+
+def test_an_optimizer_factory_builds_the_optimizer_and_trains():
+    task = ClassificationTask(
+        _net(), optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9), weight_decay=1e-4
+    )
+    opt = task.configure_optimizers()
+    assert (
+        type(opt) is torch.optim.SGD and opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 0
+    )
+    assert "optimizer" not in task.hparams and task.hparams.weight_decay == 1e-4
+    qn = ClassificationTask(_net(), optimizer=partial(LSR1, memory=3, gamma=0.1)).configure_optimizers()
+    assert type(qn) is LSR1 and qn.defaults["memory"] == 3 and qn.defaults["gamma"] == 0.1
 
 
 def test_training_time_is_kept_in_checkpoints():

@@ -14,7 +14,8 @@ from types import ModuleType
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNNER = ROOT / "recipes" / "run.py"
+RECIPES = ROOT / "recipes"
+RUNNER = RECIPES / "run.py"
 #: every image count the smoke presets need (at most 64 training and 32 test images)
 N_TRAIN, N_TEST = 64, 32
 

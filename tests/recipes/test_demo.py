@@ -20,7 +20,7 @@ def test_demo_runs_at_reduced_size(tmp_path, capsys) -> None:
         for seed in (0, 1):
             assert list((out / run / f"seed_{seed}").glob("events.out.tfevents*"))
     # `lightning-sqn report` hands its arguments to `python -m lightning_sqn.report`
-    assert cli.main(["report", "--logs", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert cli.main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     assert "| lsr1 | 2 |" in (tmp_path / "report" / "report.md").read_text()
 
 

@@ -7,12 +7,24 @@ import json
 from pathlib import Path
 
 import pytest
-from recipe_helpers import load_runner
+from recipe_helpers import RECIPES, load_runner
 
+from lightning_sqn.recipes import (
+    RunSpec,
+    all_configs,
+    config_name,
+    expand,
+    find_configs,
+    fit_one,
+    load_config,
+    needs_closure,
+)
 from lightning_sqn.report import load_scalars
 
 RUNNER = load_runner()
-NAMES = [RUNNER.config_name(p) for p in RUNNER.all_configs()]
+NAMES = [config_name(p, RECIPES) for p in all_configs(RECIPES)]
+FIG1 = "lsr1_ramamurthy2017/fig1_mnist_lenet"
+TABLE1 = "lsr1_ramamurthy2017/table1_batch_size/mnist"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -35,24 +47,24 @@ def smoke(tmp_path_factory, fake_data):
 @pytest.mark.parametrize("name", NAMES)
 def test_smoke_preset_runs_end_to_end(smoke, name) -> None:
     out = smoke(name)
-    config = RUNNER.load_config(RUNNER.find_configs(name)[0], "smoke")
-    specs = RUNNER.expand(config)
+    config = load_config(find_configs(name, RECIPES)[0], RECIPES, "smoke")
+    specs = expand(config)
     errors = load_scalars(out / name, "test/error")
     for spec in specs:
         seed_dir = out / name / spec.name / "seed_0"
         summary = json.loads((seed_dir / "summary.json").read_text())
         assert summary["preset"] == "smoke" and summary["epochs"] == 2
-        assert summary["batch_size"] == spec.settings["batch_size"]
+        assert summary["batch_size"] == spec.settings["data"]["init_args"]["batch_size"]
         assert (seed_dir / "recipe.yaml").is_file()
         epochs, values = errors[spec.name][0]
         assert epochs.tolist() == [1, 2] and ((0 <= values) & (values <= 100)).all()
-        if RUNNER.uses_closure(spec.settings):
+        if needs_closure(spec.settings["model"]["optimizer"]):
             assert summary["counters"]["steps"] == summary["global_steps"] > 0
             assert 0.0 <= summary["skipped_updates_pct"] <= 100.0
-    closure_runs = [s.name for s in specs if RUNNER.uses_closure(s.settings)]
+    closure_runs = [s.name for s in specs if needs_closure(s.settings["model"]["optimizer"])]
     skipped = load_scalars(out / name, "sqn/skipped_updates_total_pct")
     assert sorted(skipped) == sorted(closure_runs)
-    lsr1 = [s.name for s in specs if s.settings["optimizer"] == "lsr1"]
+    lsr1 = [s.name for s in specs if s.settings["model"]["optimizer"]["class_path"] == "lightning_sqn.LSR1"]
     assert sorted(load_scalars(out / name, "sqn/radius")) == sorted(lsr1)
 
 
@@ -61,9 +73,9 @@ def _png(path: Path) -> None:
 
 
 def test_report_of_a_figure_recipe(smoke, capsys) -> None:
-    out = smoke("fig1_mnist_lenet")
+    out = smoke(FIG1)
     assert RUNNER.main(["report", "fig1_mnist_lenet", "--out", str(out)]) == 0
-    report_dir = out / "fig1_mnist_lenet" / "report"
+    report_dir = out / FIG1 / "report"
     for group in ("no_bn", "bn"):
         _png(report_dir / f"{group}_test_error_epoch.png")
     text = (report_dir / "report.md").read_text()
@@ -71,13 +83,22 @@ def test_report_of_a_figure_recipe(smoke, capsys) -> None:
     assert "## bn" in text and "## no_bn" in text and "preset(s): smoke" in text
     assert "| run | seeds | 1 | 2 |" in text  # test error per epoch
     assert "epochs to test error ≤ 1.1" in text
-    # skipped updates of L-SR1 and L-BFGS with the paper's figures next to them
-    assert "| lsr1 | 1 |" in text and "7% to > 60%" in text and "< 2.5%" in text
+    # skipped updates of L-SR1 and L-BFGS with the paper's figures next to them, in their own column
+    assert "| skipped updates (%) | max per epoch (%) | paper |" in text
+    assert "| 7% to > 60% (MNIST with BN) |" in text and "| < 2.5% (most cases) |" in text
+    # the same report from the logs alone (the recipe is kept at the log root)
+    capsys.readouterr()
+    from lightning_sqn.report import main as report_main
+
+    assert report_main([str(out / FIG1), "--out", str(out / "again")]) == 0
+    assert (out / "again" / "report.md").read_text() == text
 
 
 def test_report_writes_table1_and_wall_time_plots(smoke) -> None:
-    out = smoke("table1_batch_size/mnist")
-    text = RUNNER.report_config(RUNNER.find_configs("table1_batch_size/mnist")[0], out)
+    from lightning_sqn.report import build_report
+
+    out = smoke(TABLE1)
+    text = build_report(out / TABLE1)
     assert "Table 1 (MNIST with BN)" in text
     assert (
         "| optimizer | ≤ 1.1% @ batch 16 | paper | ≤ 1.2% @ batch 32 | paper | ≤ 1.5% @ batch 64 | paper |"
@@ -86,16 +107,17 @@ def test_report_writes_table1_and_wall_time_plots(smoke) -> None:
     assert "| nag | not reached in 2 | 35 | not reached in 2 | 37 | not reached in 2 | 194 |" in text
     assert "| adam | not reached in 2 | – |" in text
     for group in ("b500", "b1000", "b10000"):
-        _png(out / "table1_batch_size/mnist/report" / f"{group}_test_error_epoch.png")
-    out = smoke("fig5_resnet20")
-    RUNNER.report_config(RUNNER.find_configs("fig5_resnet20")[0], out)
-    _png(out / "fig5_resnet20/report/test_error_epoch.png")
-    _png(out / "fig5_resnet20/report/test_error_time.png")
+        _png(out / TABLE1 / "report" / f"{group}_test_error_epoch.png")
+    fig5 = "lsr1_ramamurthy2017/fig5_resnet20"
+    out = smoke(fig5)
+    build_report(out / fig5)
+    _png(out / fig5 / "report/test_error_epoch.png")
+    _png(out / fig5 / "report/test_error_time.png")
 
 
 def test_skip_existing_leaves_finished_runs_alone(smoke, fake_data, capsys) -> None:
-    out = smoke("fig6_sweeps/memory")
-    summary = out / "fig6_sweeps/memory/m2/seed_0/summary.json"
+    out = smoke("lsr1_ramamurthy2017/fig6_sweeps/memory")
+    summary = out / "lsr1_ramamurthy2017/fig6_sweeps/memory/m2/seed_0/summary.json"
     before = summary.read_text()
     argv = ["fit", "fig6_sweeps/memory", "--preset", "smoke", "--data-dir", str(fake_data), "--out", str(out)]
     assert RUNNER.main([*argv, "--skip-existing", "--no-progress-bar"]) == 0
@@ -110,11 +132,12 @@ def test_saved_lightning_cli_config_repeats_the_run(smoke, tmp_path) -> None:
 
     from lightning_sqn.cli import main as lightning_sqn_main
 
-    out = smoke("fig1_mnist_lenet")
-    seed_dir = out / "fig1_mnist_lenet" / "no_bn" / "lsr1" / "seed_0"
+    out = smoke(FIG1)
+    seed_dir = out / FIG1 / "no_bn" / "lsr1" / "seed_0"
     saved = yaml.safe_load((seed_dir / "config.yaml").read_text())
-    assert saved["model"]["optimizer"] == "lsr1" and saved["trainer"]["strategy"] == "sqn"
-    assert saved["model"]["model"]["class_path"] == "lightning_sqn.problems.models.lenet5_mnist"
+    assert saved["model"]["optimizer"]["class_path"] == "lightning_sqn.LSR1"
+    assert saved["model"]["optimizer"]["init_args"]["gamma"] == 0.1 and saved["trainer"]["strategy"] == "sqn"
+    assert saved["model"]["model"]["class_path"] == "lightning_sqn.problems.lenet5_mnist"
     assert saved["data"]["class_path"] == "lightning_sqn.problems.MNISTDataModule"
     argv = ["fit", "--config", str(seed_dir / "config.yaml")]
     argv += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
@@ -122,7 +145,7 @@ def test_saved_lightning_cli_config_repeats_the_run(smoke, tmp_path) -> None:
     again = tmp_path / "no_bn" / "lsr1"
     assert (again / "seed_0" / "config.yaml").is_file()
     for tag in ("test/error", "train/loss"):
-        first_steps, first = load_scalars(out / "fig1_mnist_lenet" / "no_bn", tag)["lsr1"][0]
+        first_steps, first = load_scalars(out / FIG1 / "no_bn", tag)["lsr1"][0]
         steps, values = load_scalars(tmp_path / "no_bn", tag)["lsr1"][0]
         assert steps.tolist() == first_steps.tolist() and len(values) > 0
         assert values.tolist() == pytest.approx(first.tolist(), rel=1e-6), tag
@@ -131,10 +154,10 @@ def test_saved_lightning_cli_config_repeats_the_run(smoke, tmp_path) -> None:
 def test_stop_below_ends_the_run_at_the_first_epoch_under_the_threshold(tmp_path, fake_data) -> None:
     # every test error is <= 100%, so a threshold of 100.5 stops after the first evaluation; the smoke
     # preset would otherwise train 2 epochs
-    argv = ["fit", "fig1_mnist_lenet", "--preset", "smoke", "--runs", "no_bn/nag", "--data-dir", str(fake_data)]
-    argv += ["--out", str(tmp_path), "--set", "stop_below=100.5", "--no-progress-bar"]
-    assert RUNNER.main(argv) == 0
-    summary = json.loads((tmp_path / "fig1_mnist_lenet/no_bn/nag/seed_0/summary.json").read_text())
+    config = load_config(find_configs(FIG1, RECIPES)[0], RECIPES, "smoke")
+    spec = next(s for s in expand(config) if s.name == "no_bn/nag")
+    spec = RunSpec(spec.config, spec.group, spec.run, {**spec.settings, "stop_below": 100.5})
+    summary = fit_one(spec, 0, out=tmp_path, preset="smoke", data_dir=fake_data)
     assert summary["epochs"] == 1
-    epochs, _ = load_scalars(tmp_path / "fig1_mnist_lenet", "test/error")["no_bn/nag"][0]
+    epochs, _ = load_scalars(tmp_path / FIG1, "test/error")["no_bn/nag"][0]
     assert epochs.tolist() == [1]
