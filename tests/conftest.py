@@ -14,3 +14,18 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _extraction_cache(tmp_path_factory):
+    """Gzipped MNIST files are extracted into ``$LIGHTNING_SQN_CACHE`` (default ``~/.cache/lightning_sqn``):
+    a folder of this session's, also for the processes the tests start (DDP ranks inherit it)."""
+    import os
+
+    before = os.environ.get("LIGHTNING_SQN_CACHE")
+    os.environ["LIGHTNING_SQN_CACHE"] = str(tmp_path_factory.mktemp("extracted"))
+    yield
+    if before is None:
+        os.environ.pop("LIGHTNING_SQN_CACHE", None)
+    else:
+        os.environ["LIGHTNING_SQN_CACHE"] = before

@@ -11,9 +11,9 @@ from lightning_sqn.problems.data import (
     RandomCropFlip,
     TensorBatches,
     TensorDataModule,
-    read_cifar_batch,
+    read_cifar10,
     read_cifar_npz,
-    read_idx,
+    read_mnist,
 )
 from lightning_sqn.problems.models import (
     PAPER_PARAM_COUNTS,
@@ -45,9 +45,9 @@ __all__ = [
     "lenet5_mnist",
     "lenet_cifar",
     "needs_closure",
-    "read_cifar_batch",
+    "read_cifar10",
     "read_cifar_npz",
-    "read_idx",
+    "read_mnist",
     "resnet20",
     "toy_sigmoid_network",
     "toy_xor_data",

@@ -25,10 +25,9 @@ from lightning_sqn.problems import (
     TensorBatches,
     TensorDataModule,
     digits_convnet,
-    read_cifar_batch,
     read_cifar_npz,
-    read_idx,
 )
+from lightning_sqn.problems.data.files import cache_dir
 
 # ---------------------------------------------------------------------------- fake files
 
@@ -65,41 +64,8 @@ def _listing(root: Path) -> list[tuple[str, int]]:
 # ---------------------------------------------------------------------------- readers
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32])
-@pytest.mark.parametrize("gz", [False, True])
-def test_read_idx_round_trip(tmp_path: Path, dtype, gz: bool) -> None:
-    array = (np.arange(2 * 3 * 5) * 37 - 100).reshape(2, 3, 5).astype(dtype)
-    if dtype == np.uint8:
-        array = (np.arange(30) * 37 % 256).reshape(2, 3, 5).astype(np.uint8)
-    path = tmp_path / ("a.idx.gz" if gz else "a.idx")
-    data = _idx_bytes(array)
-    path.write_bytes(gzip.compress(data) if gz else data)
-    back = read_idx(path)
-    assert back.dtype == array.dtype and back.shape == array.shape
-    assert np.array_equal(back, array)
-
-
-def test_read_idx_rejects_bad_files(tmp_path: Path) -> None:
-    (tmp_path / "bad").write_bytes(b"\x01\x02\x08\x01\x00\x00\x00\x01\x00")
-    with pytest.raises(ValueError, match="not an IDX"):
-        read_idx(tmp_path / "bad")
-    (tmp_path / "short").write_bytes(_idx_bytes(np.zeros((4, 4), np.uint8))[:-1])
-    with pytest.raises(ValueError, match="header says"):
-        read_idx(tmp_path / "short")
-
-
-def test_read_cifar_batch_and_npz(tmp_path: Path) -> None:
+def test_read_cifar_npz(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    data = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
-    labels = [3, 1, 4, 1]
-    with open(tmp_path / "batch", "wb") as f:
-        pickle.dump({b"batch_label": b"x", b"labels": labels, b"data": data, b"filenames": [b"a"] * 4}, f)
-    images, back_labels = read_cifar_batch(tmp_path / "batch")
-    assert images.shape == (4, 3, 32, 32) and images.dtype == np.uint8
-    assert np.array_equal(images.reshape(4, -1), data)  # rows: 1024 R, 1024 G, 1024 B
-    assert np.array_equal(images[2, 1, 0, :5], data[2, 1024:1029])
-    assert back_labels.dtype == np.int64 and back_labels.tolist() == labels
-
     nhwc = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     np.savez(tmp_path / "s.npz", images=nhwc, labels=np.array([0, 9, 8, 7, 6]))
     images, back_labels = read_cifar_npz(tmp_path / "s.npz")
@@ -126,7 +92,7 @@ def test_mnist_reads_exact_pixels_without_writing(tmp_path: Path, cls) -> None:
     assert torch.equal(
         (xt * 255).round().to(torch.uint8)[:, 0], torch.from_numpy(arrays["t10k-images-idx3-ubyte"])
     )
-    assert _listing(tmp_path) == before  # nothing extracted or written
+    assert _listing(tmp_path) == before  # nothing extracted or written into data_dir
 
     normalized = cls(tmp_path, batch_size=4, dtype=torch.float64)
     normalized.setup()
@@ -136,6 +102,36 @@ def test_mnist_reads_exact_pixels_without_writing(tmp_path: Path, cls) -> None:
         torch.from_numpy(arrays["train-images-idx3-ubyte"]).double()[:, None] / 255 - cls.mean[0]
     ) / cls.std[0]
     torch.testing.assert_close(xn, expected)
+
+
+def test_mnist_from_a_read_only_folder_of_gz_files(tmp_path: Path, monkeypatch) -> None:
+    """torchvision reads uncompressed IDX files: gzipped ones are extracted once into the cache folder
+    (``$LIGHTNING_SQN_CACHE``), also when the data folder is read-only, and read from there."""
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    monkeypatch.setenv("LIGHTNING_SQN_CACHE", str(cache))
+    arrays = _write_mnist(data, "MNIST", gz=True)
+    raw = data / "MNIST" / "raw"
+    for p in [*raw.iterdir(), raw]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        dm = MNISTDataModule(data, batch_size=4, normalize=False)
+        dm.setup()
+        x, y = dm.split("train")
+        assert torch.equal(
+            (x * 255).round().to(torch.uint8)[:, 0], torch.from_numpy(arrays["train-images-idx3-ubyte"])
+        )
+        assert y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+        assert cache_dir() == cache
+        extracted = sorted(p.name for p in cache.rglob("*-ubyte"))
+        assert extracted == sorted(arrays)  # the uncompressed one is copied beside the extracted ones
+        stamp = {p: p.stat().st_mtime_ns for p in cache.rglob("*-ubyte")}
+        again = MNISTDataModule(data, batch_size=4, normalize=False)
+        again.setup()  # extracted once: the cache is reused, not rewritten
+        assert torch.equal(again.split("test")[1], dm.split("test")[1])
+        assert {p: p.stat().st_mtime_ns for p in cache.rglob("*-ubyte")} == stamp
+    finally:
+        for p in [raw, *raw.iterdir()]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
 
 
 def test_mnist_missing_files_error(tmp_path: Path) -> None:
@@ -165,6 +161,8 @@ def test_mnist_loaders_and_subsets(tmp_path: Path) -> None:
 
 
 def _write_cifar_batches(root: Path, per_batch: int = 3, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+    """The python version's pickles (dicts of ``data`` N x 3072 uint8, rows 1024 R, 1024 G, 1024 B, and
+    ``labels``) with random content: their MD5 sums are not CIFAR-10's."""
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
@@ -173,9 +171,11 @@ def _write_cifar_batches(root: Path, per_batch: int = 3, seed: int = 0) -> tuple
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         batch_labels = rng.integers(0, 10, per_batch).tolist()
         with open(folder / name, "wb") as f:
-            pickle.dump({b"data": data, b"labels": batch_labels}, f)
+            pickle.dump({"data": data, "labels": batch_labels}, f)  # real files: str keys under latin1
         rows.append(data)
         labels += batch_labels
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
     return np.concatenate(rows), labels
 
 
@@ -189,8 +189,15 @@ def _write_cifar_subset(root: Path, n_train: int = 6, n_test: int = 4) -> dict[s
     return out
 
 
-def test_cifar_full_layout(tmp_path: Path) -> None:
+def test_cifar_full_layout_through_torchvision(tmp_path: Path, monkeypatch) -> None:
+    import torchvision
+
     rows, labels = _write_cifar_batches(tmp_path)
+    # torchvision checks every file's MD5 sum: fake files are refused as corrupted ...
+    with pytest.raises(RuntimeError, match="corrupted"):
+        CIFAR10DataModule(tmp_path, batch_size=3).setup()
+    # ... so here the check passes them, and torchvision's reader does the rest
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
     _write_cifar_subset(tmp_path)  # present too: the full layout wins
     dm = CIFAR10DataModule(tmp_path, batch_size=3, normalize=False)
     dm.setup()
@@ -205,7 +212,7 @@ def test_cifar_full_layout(tmp_path: Path) -> None:
 def test_cifar_subset_normalized_with_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     arrays = _write_cifar_subset(tmp_path)
     dm = CIFAR10DataModule(tmp_path, batch_size=2)
-    with caplog.at_level(logging.WARNING, logger="lightning_sqn.problems.data"):
+    with caplog.at_level(logging.WARNING, logger="lightning_sqn.problems.data.images"):
         dm.setup()
     assert "SUBSET" in caplog.text
     x, y = dm.split("train")
