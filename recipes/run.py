@@ -4,7 +4,8 @@ Commands (``python recipes/run.py -h`` and ``<command> -h`` for every option)::
 
     python recipes/run.py list                                     # papers, their configs and presets
     python recipes/run.py fit CONFIG --preset cpu --data-dir DIR --out runs [--seeds 0 1] [--devices N]
-    python recipes/run.py fit CONFIG ... --trainer.max_epochs=3 --model.optimizer.init_args.gamma=1.0
+    python recipes/run.py fit CONFIG ... --trainer.max_epochs=3 \\
+        --model.init_args.optimizer.init_args.gamma=1.0                 # LightningCLI's overrides
     python recipes/run.py report CONFIG --out runs                 # PNG figures + report.md from the logs
 
 ``CONFIG`` is a YAML path, a paper folder (``lsr1_ramamurthy2017``: all of its configs), an experiment
@@ -131,7 +132,7 @@ def list_configs(args: argparse.Namespace) -> int:
             print(f"{paper}: {_paper_title(RECIPES / paper)}")
         config = load_config(path, RECIPES, "paper")
         presets = ", ".join(yaml.safe_load(path.read_text(encoding="utf-8")).get("presets") or {})
-        print(f"  {name:48s} {len(expand(config)):3d} runs  presets: {presets}")
+        print(f"  {name:58s} {len(expand(config)):3d} runs  presets: {presets}")
     return 0
 
 

@@ -198,3 +198,18 @@ def test_long_runs_show_a_selection_of_epochs(tmp_path) -> None:
     assert shown[1].tolist() == (shown[0] * 0.5).tolist()
     short = {"run": {0: (xs[:12], xs[:12])}}
     assert _shown_epochs(short) is short
+
+
+def test_against_reindexes_by_the_latest_count_at_or_before_each_step() -> None:
+    import numpy as np
+
+    data = {"run": {0: (np.array([3, 7, 9]), np.array([1.0, 2.0, 3.0])), 1: (np.array([5]), np.array([4.0]))}}
+    counts = {"run": {0: (np.array([4, 5, 6, 7, 8]), np.array([10, 20, 30, 40, 50]))}}
+    out = report.against(data, counts)
+    # step 3 precedes every count (left out); 7 -> 40 (same step); 9 -> 50 (latest before);
+    # seed 1 has no counts
+    assert list(out) == ["run"] and list(out["run"]) == [0]
+    xs, values = out["run"][0]
+    assert xs.tolist() == [40, 50] and values.tolist() == [2.0, 3.0]
+    with pytest.raises(ValueError, match="unknown axis"):
+        report.ReportSpec(x=("epoch", "steps"))

@@ -99,6 +99,9 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
     step_sizing: str = "trust region"
     #: whether :meth:`step` needs Hessian-vector products (a closure evaluation that keeps the graph)
     needs_graph: bool = False
+    #: whether the method keeps curvature pairs (s, y) and so counts stored and skipped ones in
+    #: :attr:`counters` (what :class:`~lightning_sqn.callbacks.SkippedUpdateCounter` reports)
+    keeps_pairs: bool = True
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)

@@ -153,6 +153,7 @@ class HessianFree(QuasiNewtonOptimizer):
     """
 
     step_sizing = "Levenberg-Marquardt damping and a line search along the CG step"
+    keeps_pairs = False
 
     def __init__(
         self,

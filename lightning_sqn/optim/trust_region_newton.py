@@ -133,6 +133,7 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
     """
 
     needs_graph = True
+    keeps_pairs = False
 
     def __init__(
         self,

@@ -1,9 +1,9 @@
-"""LightningCLI for the recipes' classification runs: ``lightning-sqn fit --config run.yaml``.
+"""LightningCLI for the recipes' runs: ``lightning-sqn fit --config run.yaml``.
 
-:class:`SQNLightningCLI` is Lightning's :class:`~lightning.pytorch.cli.LightningCLI` with the model fixed
-to :class:`~lightning_sqn.problems.task.ClassificationTask` and the data to any
-:class:`~lightning_sqn.problems.data.TensorDataModule` subclass (``class_path``), so a run is one YAML
-file in LightningCLI's format::
+:class:`SQNLightningCLI` is Lightning's :class:`~lightning.pytorch.cli.LightningCLI` with the model any
+:class:`~lightning_sqn.problems.task.TrainingTask` subclass (``ClassificationTask``,
+``ReconstructionTask``) and the data any :class:`~lightning_sqn.problems.data.TensorDataModule` subclass,
+both by ``class_path``, so a run is one YAML file in LightningCLI's format::
 
     seed_everything: 0
     trainer:
@@ -11,13 +11,16 @@ file in LightningCLI's format::
       max_epochs: 20
       callbacks:
         - class_path: lightning_sqn.callbacks.TrustRegionMonitor
-    model:                               # ClassificationTask's arguments
-      model:
-        class_path: lightning_sqn.problems.models.lenet5_mnist
-        init_args: {batch_norm: true}
-      optimizer: lsr1
-      optimizer_options: {memory: 5}
-      weight_decay: 1.0e-4
+    model:
+      class_path: lightning_sqn.problems.ClassificationTask
+      init_args:
+        model:
+          class_path: lightning_sqn.problems.lenet5_mnist
+          init_args: {batch_norm: true}
+        optimizer:
+          class_path: lightning_sqn.LSR1
+          init_args: {memory: 5, gamma: 0.1}
+        weight_decay: 1.0e-4
     data:
       class_path: lightning_sqn.problems.MNISTDataModule
       init_args: {data_dir: DATA, batch_size: 400}
@@ -26,7 +29,8 @@ file in LightningCLI's format::
 logs, via Lightning's ``SaveConfigCallback``) and trains it through this class, so any single run can be
 repeated or varied with the usual LightningCLI flags::
 
-    lightning-sqn fit --config runs/fig1_mnist_lenet/bn/lsr1/seed_0/config.yaml --trainer.max_epochs=3
+    lightning-sqn fit --config runs/lsr1_ramamurthy2017/fig1_mnist_lenet/bn/lsr1/seed_0/config.yaml \\
+        --trainer.max_epochs=3
 
 Needs ``jsonargparse[signatures]`` (in the ``recipes`` extra).
 """
@@ -41,7 +45,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lightning_sqn.problems.data import TensorDataModule
-from lightning_sqn.problems.task import ClassificationTask
+from lightning_sqn.problems.task import TrainingTask
 
 
 @contextlib.contextmanager
@@ -64,7 +68,7 @@ class _SaveConfig(SaveConfigCallback):
 
 
 class SQNLightningCLI(LightningCLI):
-    """:class:`~lightning.pytorch.cli.LightningCLI` over :class:`ClassificationTask` and the
+    """:class:`~lightning.pytorch.cli.LightningCLI` over the :class:`TrainingTask` and the
     :class:`TensorDataModule` subclasses.
 
     Args:
@@ -83,13 +87,14 @@ class SQNLightningCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         kwargs.setdefault("save_config_callback", _SaveConfig)
-        # the task builds its optimizer from model.optimizer; LightningCLI's own top-level --optimizer /
-        # --lr_scheduler would be a second way to set it
+        # the task builds its optimizer from model.init_args.optimizer; LightningCLI's own top-level
+        # --optimizer / --lr_scheduler would be a second way to set it
         kwargs.setdefault("auto_configure_optimizers", False)
         with _ignore_jsonargparse_deprecations():
             super().__init__(
-                ClassificationTask,
+                TrainingTask,
                 TensorDataModule,
+                subclass_mode_model=True,
                 subclass_mode_data=True,
                 args=args,  # type: ignore[arg-type]
                 run=run,

@@ -1,8 +1,11 @@
-r"""Image classification as trained in Ramamurthy & Duffy (2017), Section 4: one LightningModule for every
-optimizer compared there.
+r"""The LightningModules of the recipes: :class:`TrainingTask` (what every experiment shares: the optimizer,
+the L2 term, a learning-rate schedule, the training loss logged once per step, backpropagations and wall
+time) and :class:`ClassificationTask` (image classification as trained in Ramamurthy & Duffy 2017,
+Section 4, and Kohler, Adolphs & Lucchi, Section 5). The autoencoders' task is
+:class:`~lightning_sqn.problems.reconstruction.ReconstructionTask`.
 
-The objective is the mean softmax cross entropy of the mini-batch plus an L2 term on all trainable
-parameters (the appendix: "the network was trained with L2 regularization with parameter 0.0001" on
+The classification objective is the mean softmax cross entropy of the mini-batch plus an L2 term on all
+trainable parameters (the appendix: "the network was trained with L2 regularization with parameter 0.0001" on
 MNIST, 0.001 on CIFAR10),
 
 .. math::
@@ -46,55 +49,43 @@ _DOUBLE_DECAY = (
 )
 
 
-class ClassificationTask(pl.LightningModule):
-    r"""Train ``model`` with any optimizer: a factory (LightningCLI's ``class_path`` / ``init_args``) or a
-    name of :data:`~lightning_sqn.problems.optimizers.OPTIMIZERS` with the paper's settings.
+class TrainingTask(pl.LightningModule):
+    r"""What every recipe's LightningModule shares; subclasses define the loss and the evaluation.
 
-    Works with Lightning's automatic optimization for closure optimizers (``Trainer(strategy="sqn")`` or
-    ``"ddp_sqn"``, which evaluate ``training_step`` several times per step) and first-order ones alike.
+    A subclass implements :meth:`batch_loss` (the data term of the objective on a batch, and the
+    per-step metrics to log with it) and the evaluation hooks. This class adds the L2 term
+    :math:`\frac{\lambda}{2}\|w\|^2`, builds the optimizer (with an optional ``MultiStepLR``), and logs:
 
-    Logged (all through ``self.log``, so at Lightning's step with an ``epoch`` tag alongside):
-
-    * ``train/loss`` per step: the cross entropy of the step's mini-batch at :math:`x_k`, i.e. from the
-      first ``training_step`` call of the step (a closure optimizer calls it again at trial points;
-      those calls are not logged). Mean over ranks under DDP.
-    * ``train/objective`` per step, when ``weight_decay > 0``: cross entropy plus the L2 term, the
-      :math:`f(x_k)` the optimizer sees.
-    * ``test/error`` per epoch: misclassification rate in percent, :math:`100\,(1 - \text{accuracy})`,
-      from ``MulticlassAccuracy(average="micro")`` over the whole evaluation set (states summed over ranks).
-    * ``test/loss`` per epoch: mean cross entropy over the evaluation set (without the L2 term).
+    * ``train/loss`` per step: the data term of the step's mini-batch at :math:`x_k`, i.e. from the first
+      ``training_step`` call of the step (a closure optimizer calls it again at trial points; those calls
+      are not logged), and ``train/objective`` (with the L2 term) when ``weight_decay > 0``; means over
+      ranks under DDP; ``train/epoch_loss``: the mean of ``train/loss`` over the epoch's steps;
+    * ``train/backprops`` per step: backpropagations so far, counted as Kohler, Adolphs & Lucchi do (a
+      gradient or a Hessian- / Gauss-Newton-vector product each count one): ``optimizer.counters.backprops``
+      for this package's optimizers, one per training batch for any other optimizer;
     * ``train/epoch_time`` per epoch: wall-clock seconds of the training epoch, evaluation excluded
-      (maximum over ranks), and ``train/time``: their running sum over the fit (kept in checkpoints).
+      (maximum over ranks), and ``train/time``: their running sum over the fit.
+
+    ``train/time`` and the backpropagation count are kept in checkpoints.
 
     Args:
-        model: maps a batch of inputs to logits of shape ``(batch, num_classes)``.
+        model: the network.
         optimizer: a callable that builds the optimizer from the parameters (what LightningCLI makes of
             ``optimizer: {class_path: lightning_sqn.LSR1, init_args: {memory: 5}}`` in a config, or
             ``functools.partial(LSR1, memory=5)``), or a name of
-            :data:`~lightning_sqn.problems.optimizers.OPTIMIZERS` (the paper's settings).
+            :data:`~lightning_sqn.problems.optimizers.OPTIMIZERS` (the L-SR1 paper's settings).
         optimizer_options: with a name only: keyword overrides for
             :func:`~lightning_sqn.problems.optimizers.build_optimizer` (``None``: the paper's defaults).
         weight_decay: :math:`\lambda` of the L2 term :math:`\frac{\lambda}{2}\|w\|^2` in the loss.
         lr_milestones: epochs at which the learning rate is multiplied by ``lr_gamma``
             (``torch.optim.lr_scheduler.MultiStepLR``; the first-order ResNet baseline uses ``[80, 120]``).
         lr_gamma: the factor of ``lr_milestones``.
-        num_classes: the number of classes of the error metric.
 
     Raises:
         ValueError: unknown optimizer or option (see ``build_optimizer``); ``optimizer_options`` with a
             factory; an optimizer with a nonzero ``weight_decay`` of its own (it belongs to the loss
-            here); ``weight_decay < 0``; ``lr_milestones``
-            with a quasi-Newton optimizer (they have no learning rate to schedule) or not increasing
-            positive integers.
-
-    Example::
-
-        >>> from torch import nn
-        >>> from lightning_sqn.problems.task import ClassificationTask
-        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-        >>> task = ClassificationTask(net, optimizer="nag", optimizer_options={"lr": 0.01}, weight_decay=1e-4)
-        >>> task.hparams.optimizer, task.hparams.weight_decay
-        ('nag', 0.0001)
+            here); ``weight_decay < 0``; ``lr_milestones`` with a quasi-Newton optimizer (they have no
+            learning rate to schedule) or not increasing positive integers.
     """
 
     def __init__(
@@ -105,7 +96,6 @@ class ClassificationTask(pl.LightningModule):
         weight_decay: float = 0.0,
         lr_milestones: Sequence[int] | None = None,
         lr_gamma: float = 0.1,
-        num_classes: int = 10,
     ) -> None:
         super().__init__()
         options = dict(optimizer_options or {})
@@ -145,10 +135,9 @@ class ClassificationTask(pl.LightningModule):
         if not lr_gamma > 0:
             raise ValueError(f"lr_gamma must be > 0, got {lr_gamma!r}")
         self.model = model
-        self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.val_loss = MeanMetric()
         self._logged_batch: int | None = None
         self._train_time = 0.0
+        self._batches = 0  # training batches seen: the backpropagations of a first-order optimizer
         self._epoch_start = 0.0
         self._eval_time = 0.0
         self._eval_start = 0.0
@@ -156,6 +145,11 @@ class ClassificationTask(pl.LightningModule):
     # ------------------------------------------------------------------ objective
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
+
+    def batch_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """The data term of the objective on ``batch`` and the per-step metrics to log with it (names
+        under ``train/``, e.g. ``{"accuracy": ...}``)."""
+        raise NotImplementedError
 
     def l2_penalty(self) -> Tensor:
         r""":math:`\frac{\lambda}{2}\|w\|_2^2` over all trainable parameters (biases and normalisation
@@ -166,15 +160,13 @@ class ClassificationTask(pl.LightningModule):
             return torch.zeros((), device=self.device)
         return 0.5 * lam * torch.stack([p.pow(2).sum() for p in params]).sum()
 
-    def sqn_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        """The objective on ``batch`` (mean cross entropy + L2) without logging; what
+    def sqn_loss(self, batch: Any) -> Tensor:
+        """The objective on ``batch`` (data term + L2) without logging; what
         :class:`~lightning_sqn.callbacks.BatchSizeScheduler`'s norm test differentiates."""
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y) + self.l2_penalty()
+        return self.batch_loss(batch)[0] + self.l2_penalty()
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        loss = nn.functional.cross_entropy(self(x), y)
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss, metrics = self.batch_loss(batch)
         objective = loss + self.l2_penalty() if self.hparams.weight_decay > 0 else loss
         # A closure optimizer calls training_step at x_k and again at trial points of the same batch:
         # log the first call only, so train/loss is f(x_k) as for a first-order method. Every rank makes
@@ -182,36 +174,49 @@ class ClassificationTask(pl.LightningModule):
         if batch_idx != self._logged_batch:
             self._logged_batch = batch_idx
             self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, sync_dist=True)
+            self.log("train/epoch_loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True)
             if self.hparams.weight_decay > 0:
                 self.log("train/objective", objective.detach(), on_step=True, on_epoch=False, sync_dist=True)
+            for name, value in metrics.items():
+                self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, sync_dist=True)
         return objective
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._batches += 1
+        self.log("train/backprops", float(self.backprops), on_step=True, on_epoch=False)
+
+    @property
+    def backprops(self) -> int:
+        """Backpropagations so far (see the class docstring)."""
+        counters = [getattr(_unwrap(o), "counters", None) for o in self._trainer_optimizers()]
+        known = [c.backprops for c in counters if c is not None]
+        return sum(known) if known else self._batches
+
+    def _trainer_optimizers(self) -> list[Any]:
+        trainer = self._trainer
+        return list(trainer.optimizers) if trainer is not None else []
+
     # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, batch: tuple[Tensor, Tensor]) -> None:
-        x, y = batch
-        logits = self(x)
-        self.val_accuracy.update(logits, y)
-        self.val_loss.update(nn.functional.cross_entropy(logits, y), weight=y.shape[0])
+    def eval_step(self, batch: Any) -> None:
+        """Accumulate the evaluation metrics of one batch (validation and test alike)."""
+        raise NotImplementedError
 
-    def _eval_epoch_end(self) -> None:
-        # compute() reduces the metric states over ranks, so the logged numbers are global
-        error = 100.0 * (1.0 - self.val_accuracy.compute())
-        self.log("test/error", error, sync_dist=True)
-        self.log("test/loss", self.val_loss.compute(), sync_dist=True)
-        self.val_accuracy.reset()
-        self.val_loss.reset()
+    def eval_epoch_end(self) -> None:
+        """Log the evaluation metrics (``test/...``: the paper's test numbers come from Lightning's
+        validation loop over the test set) and reset them."""
+        raise NotImplementedError
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch)
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.eval_step(batch)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch)
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end()
+        self.eval_epoch_end()
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end()
+        self.eval_epoch_end()
 
     # ------------------------------------------------------------------ wall time
     def on_train_epoch_start(self) -> None:
@@ -233,10 +238,13 @@ class ClassificationTask(pl.LightningModule):
         self.log("train/time", self._train_time, sync_dist=True, reduce_fx="max")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["classification_task"] = {"train_time": self._train_time}
+        checkpoint["training_task"] = {"train_time": self._train_time, "batches": self._batches}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._train_time = float(checkpoint.get("classification_task", {}).get("train_time", 0.0))
+        # "classification_task": the key of checkpoints written before TrainingTask existed
+        saved = checkpoint.get("training_task", checkpoint.get("classification_task", {}))
+        self._train_time = float(saved.get("train_time", 0.0))
+        self._batches = int(saved.get("batches", 0))
 
     # ------------------------------------------------------------------ optimizer
     def _build_optimizer(self, params: Iterable[Any]) -> torch.optim.Optimizer:
@@ -254,4 +262,77 @@ class ClassificationTask(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-__all__ = ["ClassificationTask"]
+def _unwrap(opt: Any) -> Any:
+    return getattr(opt, "optimizer", opt)  # Lightning's LightningOptimizer wraps the optimizer
+
+
+class ClassificationTask(TrainingTask):
+    r"""Train a classifier with any optimizer: the mean cross entropy plus the L2 term.
+
+    Works with Lightning's automatic optimization for closure optimizers (``Trainer(strategy="sqn")`` or
+    ``"ddp_sqn"``, which evaluate ``training_step`` several times per step) and first-order ones alike.
+
+    Logged, besides :class:`TrainingTask`'s (all through ``self.log``, at Lightning's step with an
+    ``epoch`` tag alongside):
+
+    * ``train/accuracy`` per step (the step's mini-batch at :math:`x_k`, in percent) and its mean over the
+      epoch's steps (``train/accuracy_epoch``);
+    * ``test/error`` per epoch: misclassification rate in percent, :math:`100\,(1 - \text{accuracy})`,
+      from ``MulticlassAccuracy(average="micro")`` over the whole evaluation set (states summed over ranks);
+    * ``test/loss`` per epoch: mean cross entropy over the evaluation set (without the L2 term).
+
+    Args:
+        model: maps a batch of inputs to logits of shape ``(batch, num_classes)``.
+        optimizer, optimizer_options, weight_decay, lr_milestones, lr_gamma: see :class:`TrainingTask`.
+        num_classes: the number of classes of the error metric.
+
+    Raises:
+        ValueError: see :class:`TrainingTask`.
+
+    Example::
+
+        >>> from torch import nn
+        >>> from lightning_sqn.problems.task import ClassificationTask
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        >>> task = ClassificationTask(net, optimizer="nag", optimizer_options={"lr": 0.01}, weight_decay=1e-4)
+        >>> task.hparams.optimizer, task.hparams.weight_decay
+        ('nag', 0.0001)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerFactory | str = "lsr1",
+        optimizer_options: dict[str, Any] | None = None,
+        weight_decay: float = 0.0,
+        lr_milestones: Sequence[int] | None = None,
+        lr_gamma: float = 0.1,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__(model, optimizer, optimizer_options, weight_decay, lr_milestones, lr_gamma)
+        self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_loss = MeanMetric()
+
+    def batch_loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        x, y = batch
+        logits = self(x)
+        accuracy = 100.0 * (logits.detach().argmax(dim=-1) == y).float().mean()
+        return nn.functional.cross_entropy(logits, y), {"accuracy": accuracy}
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_step(self, batch: tuple[Tensor, Tensor]) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_accuracy.update(logits, y)
+        self.val_loss.update(nn.functional.cross_entropy(logits, y), weight=y.shape[0])
+
+    def eval_epoch_end(self) -> None:
+        # compute() reduces the metric states over ranks, so the logged numbers are global
+        error = 100.0 * (1.0 - self.val_accuracy.compute())
+        self.log("test/error", error, sync_dist=True)
+        self.log("test/loss", self.val_loss.compute(), sync_dist=True)
+        self.val_accuracy.reset()
+        self.val_loss.reset()
+
+
+__all__ = ["ClassificationTask", "OptimizerFactory", "TrainingTask"]

@@ -18,7 +18,15 @@ from lightning_sqn.recipes.config import (
     seeds_of,
     select,
 )
-from lightning_sqn.recipes.fit import fit_one, instantiate, lightning_config, needs_closure, strategy_for
+from lightning_sqn.recipes.fit import (
+    fit_one,
+    instantiate,
+    lightning_config,
+    monitors,
+    needs_closure,
+    optimizer_of,
+    strategy_for,
+)
 
 __all__ = [
     "PRESETS",
@@ -32,7 +40,9 @@ __all__ = [
     "instantiate",
     "lightning_config",
     "load_config",
+    "monitors",
     "needs_closure",
+    "optimizer_of",
     "seeds_of",
     "select",
     "strategy_for",

@@ -3,16 +3,17 @@
 A recipe lives at ``<recipes root>/<paper>/<experiment>/config.yaml`` (or ``<experiment>/<stem>.yaml``
 when an experiment has several configs) and is named ``<paper>/<experiment>[/<stem>]``. Its keys:
 
-* LightningCLI's own: ``model`` (the :class:`~lightning_sqn.problems.task.ClassificationTask` arguments,
-  the network and the optimizer by ``class_path`` / ``init_args``), ``data`` (a DataModule by
-  ``class_path``), ``trainer``;
+* LightningCLI's own: ``model`` (a :class:`~lightning_sqn.problems.task.TrainingTask` by ``class_path``,
+  with the network and the optimizer among its ``init_args``, by ``class_path`` too), ``data`` (a
+  DataModule by ``class_path``), ``trainer``;
 * the runner's: ``description``, ``seeds``, ``groups`` (one panel of a figure each), ``runs`` (one curve
   each), ``report`` (title, targets, the paper's values), ``presets`` (``smoke``, ``cpu``, ``paper``)
   and ``stop_below`` (end a run at the first test error below it).
 
 A run's settings are the top-level ones, then its group's, then its own, each merged into the previous
 (mappings recursively, any other value replaces); a preset is merged into the whole file before that and
-may only name groups and runs the file defines.
+may only name groups and runs the file defines; a preset that sets a group or run to ``null`` drops it
+(e.g. the ``cpu`` preset of a learning-rate grid keeps a smaller grid).
 """
 
 from __future__ import annotations
@@ -125,6 +126,12 @@ def load_config(path: str | Path, root: str | Path, preset: str = "paper") -> di
                 f"{path}: presets.{preset}.{section} names {extra} that the config does not define"
             )
     config = deep_merge({k: v for k, v in raw.items() if k != "presets"}, override)
+    for section in ("groups", "runs"):  # a preset drops a group or run by setting it to null
+        for name, value in (override.get(section) or {}).items():
+            if value is None:
+                del config[section][name]
+    if not config["runs"] or ("groups" in raw and not config.get("groups")):
+        raise ValueError(f"{path}: presets.{preset} drops every run or every group")
     for where in ("groups", "runs"):
         for key, value in (config.get(where) or {}).items():
             _check_keys(f"{path}: {where}.{key}", value or {}, RUN_KEYS)
@@ -151,7 +158,8 @@ def expand(config: Mapping[str, Any]) -> list[RunSpec]:
     """Every (group, run) of ``config`` with its settings: config, then group, then run overrides.
 
     Raises:
-        ValueError: a run without ``model.optimizer``, ``model.model`` or ``data.class_path``.
+        ValueError: a run without ``model.class_path``, ``model.init_args.optimizer``,
+            ``model.init_args.model`` or ``data.class_path``.
     """
     base = {k: v for k, v in config.items() if k in RUN_KEYS}
     groups = config.get("groups") or {None: {}}
@@ -160,9 +168,11 @@ def expand(config: Mapping[str, Any]) -> list[RunSpec]:
         for run, run_settings in config["runs"].items():
             settings = deep_merge(deep_merge(base, group_settings or {}), run_settings or {})
             model, data = settings.get("model") or {}, settings.get("data") or {}
+            task = model.get("init_args") or {}
             for missing, present in (
-                ("model.optimizer", "optimizer" in model),
-                ("model.model", "model" in model),
+                ("model.class_path", "class_path" in model),
+                ("model.init_args.optimizer", "optimizer" in task),
+                ("model.init_args.model", "model" in task),
                 ("data.class_path", "class_path" in data),
             ):
                 if not present:

@@ -4,8 +4,8 @@ The runner adds only what one LightningCLI call cannot do: the seed, the data fo
 / ``ddp_sqn`` for closure optimizers, Lightning's own otherwise), the monitoring callbacks of the
 quasi-Newton optimizers, ``stop_below``, and a TensorBoard logger writing to
 ``<out>/<config name>/<group>/<run>/seed_<s>/``. Overrides are LightningCLI's own dotted arguments
-(``--trainer.max_epochs=3``, ``--model.optimizer.init_args.gamma=1.0``), applied to every run after its
-preset, group and run settings.
+(``--trainer.max_epochs=3``, ``--model.init_args.optimizer.init_args.gamma=1.0``), applied to every run
+after its preset, group and run settings.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ TRAINER_DEFAULTS = {
     "enable_checkpointing": False,
     "enable_model_summary": False,
 }
-#: the callbacks every closure optimizer's run logs with (TensorBoard: sqn/radius, sqn/skipped_updates_*)
-MONITORS = ("TrustRegionMonitor", "SkippedUpdateCounter")
 
 
 def _import(class_path: str) -> Any:
@@ -45,18 +43,43 @@ def _import(class_path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def _optimizer_class(optimizer: Any) -> type | None:
+    if isinstance(optimizer, str):
+        from lightning_sqn.problems.optimizers import OPTIMIZERS
+
+        return OPTIMIZERS[optimizer].cls if optimizer in OPTIMIZERS else None
+    if not isinstance(optimizer, Mapping) or "class_path" not in optimizer:
+        raise ValueError(f"model.init_args.optimizer must be a name or have a class_path, got {optimizer!r}")
+    cls = _import(str(optimizer["class_path"]))
+    return cls if isinstance(cls, type) else None
+
+
+def monitors(optimizer: Any) -> tuple[str, ...]:
+    """The callbacks a run with this optimizer logs with: ``TrustRegionMonitor`` for this package's
+    optimizers, and ``SkippedUpdateCounter`` for those that keep curvature pairs."""
+    from lightning_sqn.optim.base import QuasiNewtonOptimizer
+
+    cls = _optimizer_class(optimizer)
+    if cls is None or not issubclass(cls, QuasiNewtonOptimizer):
+        return ()
+    return ("TrustRegionMonitor", "SkippedUpdateCounter") if cls.keeps_pairs else ("TrustRegionMonitor",)
+
+
 def needs_closure(optimizer: Any) -> bool:
-    """Whether the optimizer of a run's ``model.optimizer`` (a ``class_path`` mapping or a name of
+    """Whether the optimizer of a run's ``model.init_args.optimizer`` (a ``class_path`` mapping or a name of
     :data:`~lightning_sqn.problems.optimizers.OPTIMIZERS`) steps with a closure."""
     from lightning_sqn.optim.base import QuasiNewtonOptimizer
     from lightning_sqn.problems.optimizers import needs_closure as named_needs_closure
 
     if isinstance(optimizer, str):
         return named_needs_closure(optimizer)
-    if not isinstance(optimizer, Mapping) or "class_path" not in optimizer:
-        raise ValueError(f"model.optimizer must be a name or have a class_path, got {optimizer!r}")
-    cls = _import(str(optimizer["class_path"]))
-    return isinstance(cls, type) and issubclass(cls, QuasiNewtonOptimizer | torch.optim.LBFGS)
+    cls = _optimizer_class(optimizer)
+    return cls is not None and issubclass(cls, QuasiNewtonOptimizer | torch.optim.LBFGS)
+
+
+def optimizer_of(settings: Mapping[str, Any]) -> Any:
+    """The ``model.init_args.optimizer`` of a run's settings (a ``class_path`` mapping or a name)."""
+    return settings["model"]["init_args"]["optimizer"]
 
 
 def strategy_for(closure: bool, devices: int) -> str:
@@ -74,7 +97,7 @@ def lightning_config(
     settings: Mapping[str, Any],
     *,
     seed: int,
-    closure: bool,
+    optimizer: Any = None,
     data_dir: str | Path | None = None,
     log_root: Path | None = None,
     run_name: str = "run",
@@ -85,8 +108,9 @@ def lightning_config(
     """The LightningCLI config of one run: its ``model``, ``data`` and ``trainer`` sections with the seed,
     ``data_dir`` (for a DataModule that reads files), the strategy of :func:`strategy_for`, a TensorBoard
     logger writing to ``<log_root>/<run_name>/seed_<seed>`` (none without ``log_root``), the
-    :data:`MONITORS` for a closure optimizer and, with ``stop_below``, Lightning's ``EarlyStopping`` at
-    that test error.
+    callbacks of :func:`monitors` and, with ``stop_below``, Lightning's ``EarlyStopping`` at that test
+    error. ``optimizer`` is the run's effective ``model.init_args.optimizer`` (default: the settings'; the
+    one after the overrides when there are any), which the strategy and the callbacks follow.
 
     Raises:
         ValueError: a DataModule that reads files and no ``data_dir``.
@@ -99,8 +123,9 @@ def lightning_config(
         init_args["data_dir"] = str(data_dir)
     if _takes(data["class_path"], "seed"):
         init_args.setdefault("seed", seed)
+    optimizer = optimizer_of(settings) if optimizer is None else optimizer
     callbacks: list[dict[str, Any]] = [
-        {"class_path": f"lightning_sqn.callbacks.{name}"} for name in (MONITORS if closure else ())
+        {"class_path": f"lightning_sqn.callbacks.{name}"} for name in monitors(optimizer)
     ]
     stop_below = settings.get("stop_below")
     if stop_below is not None:
@@ -122,7 +147,7 @@ def lightning_config(
     trainer.update(
         accelerator=accelerator,
         devices=devices,
-        strategy=strategy_for(closure, devices),
+        strategy=strategy_for(needs_closure(optimizer), devices),
         enable_progress_bar=progress_bar,
         callbacks=[*trainer.get("callbacks", []), *callbacks],
         logger=False
@@ -173,17 +198,14 @@ def instantiate(
     """The task, DataModule and Trainer of one run (LightningCLI with ``run=False``: ``cli.model``,
     ``cli.datamodule``, ``cli.trainer``) and its LightningCLI config before ``overrides``.
 
-    ``options`` are :func:`lightning_config`'s. Whether the optimizer needs a closure (strategy and
-    callbacks) is read from the config after the overrides.
+    ``options`` are :func:`lightning_config`'s. The strategy and callbacks follow the optimizer of the
+    config after the overrides.
     """
-    closure = needs_closure(settings["model"]["optimizer"])
-    config = lightning_config(settings, closure=closure, **options)
+    optimizer = optimizer_of(settings)
     if overrides:
-        parsed = _cli(
-            {**config, "trainer": {**config["trainer"], "logger": False}}, overrides, instantiate=False
-        )
-        if needs_closure(parsed.config.as_dict()["model"]["optimizer"]) != closure:  # an override changed it
-            config = lightning_config(settings, closure=not closure, **options)
+        probe = lightning_config(settings, optimizer=optimizer, **{**options, "log_root": None})
+        optimizer = optimizer_of(_cli(probe, overrides, instantiate=False).config.as_dict())
+    config = lightning_config(settings, optimizer=optimizer, **options)
     return _cli(config, overrides, instantiate=True), config
 
 
@@ -247,6 +269,8 @@ def fit_one(
         offered = int(c.get("stored_pairs", 0)) + int(c.get("skipped_pairs", 0))
         summary["skipped_updates_pct"] = 100.0 * int(c.get("skipped_pairs", 0)) / offered if offered else None
     log_dir = Path(trainer.logger.log_dir)
+    # the trained weights, for what is drawn from the final model (e.g. reconstructions)
+    torch.save(task.state_dict(), log_dir / "final_weights.pt")
     (log_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -256,7 +280,8 @@ def prepare_log_dir(spec: RunSpec, seed: int, out: Path, preset: str, overrides:
     run's settings, preset and overrides)."""
     log_dir = out / spec.config / spec.name / f"seed_{seed}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*log_dir.glob("events.out.tfevents*"), log_dir / "summary.json", log_dir / "hparams.yaml"]:
+    stale_files = [log_dir / name for name in ("summary.json", "hparams.yaml", "final_weights.pt")]
+    for stale in [*log_dir.glob("events.out.tfevents*"), *stale_files]:
         stale.unlink(missing_ok=True)  # a rerun replaces the seed's logs instead of mixing with them
     resolved = {
         "config": spec.config,
@@ -276,13 +301,14 @@ def global_rank() -> int:
 
 
 __all__ = [
-    "MONITORS",
     "TRAINER_DEFAULTS",
     "fit_one",
     "global_rank",
     "instantiate",
     "lightning_config",
+    "monitors",
     "needs_closure",
+    "optimizer_of",
     "prepare_log_dir",
     "strategy_for",
 ]

@@ -28,11 +28,13 @@ import yaml
 from lightning_sqn.report.builder import RECIPE_FILE, ReportSpec, build_report
 from lightning_sqn.report.plots import plot_curves
 from lightning_sqn.report.scalars import (
+    BACKPROPS_TAG,
     SKIPPED_EPOCH_TAG,
     SKIPPED_TOTAL_TAG,
     TIME_TAG,
     Curve,
     Scalars,
+    against,
     aggregate,
     epochs_to_target,
     final_values,
@@ -94,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
+    "BACKPROPS_TAG",
     "RECIPE_FILE",
     "SKIPPED_EPOCH_TAG",
     "SKIPPED_TOTAL_TAG",
@@ -101,6 +104,7 @@ __all__ = [
     "Curve",
     "ReportSpec",
     "Scalars",
+    "against",
     "aggregate",
     "build_report",
     "epoch_table",

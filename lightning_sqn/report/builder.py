@@ -23,7 +23,15 @@ from typing import Any
 import yaml
 
 from lightning_sqn.report.plots import plot_curves
-from lightning_sqn.report.scalars import SKIPPED_EPOCH_TAG, SKIPPED_TOTAL_TAG, TIME_TAG, Scalars, load_scalars
+from lightning_sqn.report.scalars import (
+    BACKPROPS_TAG,
+    SKIPPED_EPOCH_TAG,
+    SKIPPED_TOTAL_TAG,
+    TIME_TAG,
+    Scalars,
+    against,
+    load_scalars,
+)
 from lightning_sqn.report.tables import (
     epoch_table,
     final_table,
@@ -35,6 +43,8 @@ from lightning_sqn.report.tables import (
 
 #: the recipe as it was run, at the root of its logs (written by ``recipes/run.py fit``)
 RECIPE_FILE = "recipe_config.yaml"
+#: the x axes a report can draw and their labels
+X_AXES = {"epoch": "epoch", "time": "training wall time (s)", "backprops": "backpropagations"}
 #: the epochs the per-epoch table shows when a run has more than a dozen (and always the last)
 EPOCH_COLUMNS = (1, 2, 3, 5, 10, 15, 20, 30, 50, 80, 100, 120, 150, 200)
 
@@ -47,7 +57,9 @@ class ReportSpec:
         title: the report's title.
         tag: the scalar reported (default ``test/error``).
         ylabel: its axis label (default: "test error (%)" for ``test/error``, else the tag).
-        x: the x axes of the curves: ``"epoch"`` and/or ``"time"`` (training wall time).
+        x: the x axes of the curves: ``"epoch"``, ``"time"`` (training wall time) and/or
+            ``"backprops"`` (cumulative gradients + curvature-vector products, ``train/backprops``).
+        also: more tags drawn on the same x axes (figures only; the tables are the main tag's).
         targets: targets of the epochs-to-target table, in the tag's unit.
         paper_targets: ``{run: {str(target): epochs}}``, the paper's epochs next to ours.
         paper_skipped: what the paper reports on skipped updates: a string for every run, or a mapping
@@ -62,6 +74,7 @@ class ReportSpec:
     tag: str = "test/error"
     ylabel: str | None = None
     x: tuple[str, ...] = ("epoch", "time")
+    also: tuple[str, ...] = ()
     targets: tuple[float, ...] = ()
     paper_targets: Mapping[str, Mapping[str, object]] | None = None
     paper_skipped: Any = None
@@ -74,7 +87,7 @@ class ReportSpec:
     def from_recipe(cls, config: Mapping[str, Any]) -> ReportSpec:
         """The spec of a recipe config (:func:`lightning_sqn.recipes.config.load_config`'s result)."""
         settings = dict(config.get("report") or {})
-        known = {"title", "tag", "ylabel", "x", "targets", "paper_skipped", "table1", "logy"}
+        known = {"title", "tag", "ylabel", "x", "also", "targets", "paper_skipped", "table1", "logy"}
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ValueError(
@@ -85,6 +98,7 @@ class ReportSpec:
             tag=settings.get("tag", "test/error"),
             ylabel=settings.get("ylabel"),
             x=tuple(settings.get("x", ("epoch",))),
+            also=tuple(settings.get("also") or ()),
             targets=tuple(float(t) for t in settings.get("targets") or ()),
             paper_skipped=settings.get("paper_skipped"),
             table1=settings.get("table1"),
@@ -93,9 +107,42 @@ class ReportSpec:
             logy=bool(settings.get("logy", False)),
         )
 
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.x) - set(X_AXES))
+        if unknown:
+            raise ValueError(f"report.x: unknown axis {', '.join(unknown)}; choose from {', '.join(X_AXES)}")
+
     @property
     def label(self) -> str:
-        return self.ylabel or ("test error (%)" if self.tag == "test/error" else self.tag)
+        return self.ylabel or _label(self.tag)
+
+
+def _label(tag: str) -> str:
+    return "test error (%)" if tag == "test/error" else tag
+
+
+def _figures(
+    root: Path, out: Path, tag: str, data: Scalars, spec: ReportSpec, title: str, prefix: str, ylabel: str
+) -> list[Path]:
+    """The PNGs of one tag (``data``: its per-epoch values) against each of ``spec.x``."""
+    stem = _file_stem(tag)
+    figures = []
+    for axis in spec.x:
+        path = out / f"{prefix}{stem}_{axis}.png"
+        if axis == "epoch":
+            figures.append(plot_curves(data, path, ylabel=ylabel, title=title, logy=spec.logy))
+        elif axis == "time":
+            times = load_scalars(root, TIME_TAG)
+            if times:
+                figures.append(
+                    plot_curves(data, path, times=times, ylabel=ylabel, title=title, logy=spec.logy)
+                )
+        else:
+            counts = against(load_scalars(root, tag, x="step"), load_scalars(root, BACKPROPS_TAG, x="step"))
+            if counts:
+                kwargs = {"ylabel": ylabel, "title": title, "logy": spec.logy, "xlabel": X_AXES[axis]}
+                figures.append(plot_curves(counts, path, **kwargs))
+    return figures
 
 
 def paper_note(paper: Any, group: str | None, run: str) -> str:
@@ -147,18 +194,11 @@ def _panel(
         return [], {}
     title = (spec.title or root.name) + (f" ({group})" if group else "")
     prefix = f"{group}_" if group else ""
-    stem = _file_stem(spec.tag)
-    figures = []
-    if "epoch" in spec.x:
-        figures.append(
-            plot_curves(
-                data, out / f"{prefix}{stem}_epoch.png", ylabel=spec.label, title=title, logy=spec.logy
-            )
-        )
-    times = load_scalars(group_root, TIME_TAG) if "time" in spec.x else {}
-    if times:
-        path = out / f"{prefix}{stem}_time.png"
-        figures.append(plot_curves(data, path, times=times, ylabel=spec.label, title=title, logy=spec.logy))
+    figures = _figures(group_root, out, spec.tag, data, spec, title, prefix, spec.label)
+    for tag in spec.also:
+        extra = load_scalars(group_root, tag)
+        if extra:
+            figures += _figures(group_root, out, tag, extra, spec, title, prefix, _label(tag))
     order = list(spec.runs)
     lines = [f"## {group}" if group else "## Runs", ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures] + [""]

@@ -17,6 +17,7 @@ def plot_curves(
     ylabel: str = "test error (%)",
     title: str | None = None,
     logy: bool = False,
+    xlabel: str | None = None,
 ) -> Path:
     """One line per run (the mean over seeds) with a shaded ± std band, saved as a PNG.
 
@@ -27,6 +28,7 @@ def plot_curves(
             training wall time at each epoch instead of the epoch.
         ylabel, title: axis label and title.
         logy: logarithmic y-axis.
+        xlabel: the x-axis label (default: "epoch", or the wall time's with ``times``).
 
     Returns:
         ``path``.
@@ -53,7 +55,7 @@ def plot_curves(
         ax.fill_between(
             curve.x, curve.mean - curve.std, curve.mean + curve.std, color=line.get_color(), alpha=0.2
         )
-    ax.set_xlabel("training wall time (s)" if times is not None else "epoch")
+    ax.set_xlabel(xlabel or ("training wall time (s)" if times is not None else "epoch"))
     ax.set_ylabel(ylabel)
     if logy:
         ax.set_yscale("log")

@@ -33,6 +33,8 @@ Scalars = dict[str, dict[Seed, Series]]
 
 #: the cumulative training wall time logged by ClassificationTask (x-axis of the time plots)
 TIME_TAG = "train/time"
+#: the cumulative backpropagations (gradients + curvature-vector products) logged per step by the tasks
+BACKPROPS_TAG = "train/backprops"
 #: the cumulative skipped-update percentage logged by SkippedUpdateCounter (default prefix "sqn/")
 SKIPPED_TOTAL_TAG = "sqn/skipped_updates_total_pct"
 #: the per-epoch skipped-update percentage logged by SkippedUpdateCounter
@@ -197,6 +199,24 @@ def epochs_to_target(data: Scalars, target: float) -> dict[str, dict[Seed, int |
         for seed, (xs, values) in seeds.items():
             hit = np.flatnonzero(values.astype(np.float32) <= np.float32(target))
             out[run][seed] = int(xs[hit[0]]) if hit.size else None
+    return out
+
+
+def against(data: Scalars, x: Scalars) -> Scalars:
+    """``data`` (loaded with ``x="step"``) re-indexed by another scalar logged per step, e.g. the cumulative
+    backpropagations ``train/backprops``: each value gets the ``x`` value of the latest step at or before
+    its own (an epoch-end metric gets the count of the epoch's last step). Runs and seeds without ``x``,
+    and points logged before the first ``x``, are left out."""
+    out: Scalars = {}
+    for run, seeds in data.items():
+        for seed, (steps, values) in seeds.items():
+            if seed not in x.get(run, {}):
+                continue
+            x_steps, x_values = x[run][seed]
+            index = np.searchsorted(x_steps, steps, side="right") - 1
+            keep = index >= 0
+            if keep.any():
+                out.setdefault(run, {})[seed] = (x_values[index[keep]], values[keep])
     return out
 
 

@@ -35,16 +35,18 @@ def _idx(array: np.ndarray) -> bytes:
 
 
 def write_fake_data(root: Path, seed: int = 0) -> Path:
-    """``<root>/MNIST/raw/*-ubyte.gz`` and ``<root>/cifar10/{train_first4000,test_first1000}.npz`` (the
-    subset layout) with ``N_TRAIN`` / ``N_TEST`` random images whose label shifts their brightness."""
+    """``<root>/{MNIST,FashionMNIST}/raw/*-ubyte.gz`` and
+    ``<root>/cifar10/{train_first4000,test_first1000}.npz`` (the subset layout) with ``N_TRAIN`` /
+    ``N_TEST`` random images whose label shifts their brightness."""
     rng = np.random.default_rng(seed)
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        images = (rng.integers(0, 100, (n, 28, 28)) + 15 * labels[:, None, None]).astype(np.uint8)
-        (raw / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(images)))
-        (raw / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(labels)))
+    for folder in ("MNIST", "FashionMNIST"):
+        raw = root / folder / "raw"
+        raw.mkdir(parents=True)
+        for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
+            labels = rng.integers(0, 10, n, dtype=np.uint8)
+            images = (rng.integers(0, 100, (n, 28, 28)) + 15 * labels[:, None, None]).astype(np.uint8)
+            (raw / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(images)))
+            (raw / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(labels)))
     cifar = root / "cifar10"
     cifar.mkdir()
     for name, n in (("train_first4000", N_TRAIN), ("test_first1000", N_TEST)):

@@ -1,9 +1,11 @@
-"""One recipe's smoke preset under 2-process ``ddp_sqn`` on CPU (gloo), launched the way a user would:
-``python recipes/run.py fit ... --devices 2 --accelerator cpu`` (Lightning starts the second rank).
+"""Recipes' smoke presets under 2-process ``ddp_sqn`` on CPU (gloo), launched the way a user would:
+``python recipes/run.py fit ... --devices 2 --accelerator cpu`` (Lightning starts the second rank): one
+L-SR1 paper recipe (L-SR1 and NAG) and one Kohler et al. recipe (trust-region Newton with the RMSprop norm).
 
 Without batch normalization the global batch of 2 ranks is the batch of one process (``TensorBatches``
-shards it) and ``ddp_sqn`` averages every loss over the ranks, so the run reproduces the single-process
-run: the same accept/reject counts, and the same test error and training loss at every logged point."""
+shards it) and ``ddp_sqn`` averages every loss, gradient and Hessian-vector product over the ranks, so the
+run reproduces the single-process run: the same accept/reject counts, and the same test error and
+training loss at every logged point."""
 
 from __future__ import annotations
 
@@ -13,49 +15,53 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from recipe_helpers import RUNNER as RUN_PY
 from recipe_helpers import load_runner
 
 from lightning_sqn.report import load_scalars
 
-RUNS = ["no_bn/lsr1", "no_bn/nag"]
-FIG1 = "lsr1_ramamurthy2017/fig1_mnist_lenet"
+CASES = {
+    "lsr1_ramamurthy2017/fig1_mnist_lenet": ["no_bn/lsr1", "no_bn/nag"],
+    "ellipsoidal_tr_kohler2019/fig3_tr_norms/fashion_mlp": ["tr_rmsprop"],
+}
 
 
-def _fit(out, data, devices: int) -> None:
-    """``python recipes/run.py fit fig1_mnist_lenet --preset smoke ... --devices N`` in a fresh process."""
-    argv = [sys.executable, str(RUN_PY), "fit", "fig1_mnist_lenet", "--preset", "smoke"]
+def _fit(config: str, runs: list[str], out, data, devices: int) -> None:
+    """``python recipes/run.py fit CONFIG --preset smoke ... --devices N`` in a fresh process."""
+    argv = [sys.executable, str(RUN_PY), "fit", config, "--preset", "smoke"]
     argv += ["--data-dir", str(data), "--out", str(out), "--accelerator", "cpu", "--devices", str(devices)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
         env.pop(key, None)
     proc = subprocess.run(
-        [*argv, "--no-progress-bar", "--runs", *RUNS], env=env, capture_output=True, text=True, timeout=300
+        [*argv, "--no-progress-bar", "--runs", *runs], env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
 
-def test_fig1_smoke_under_two_process_ddp_sqn_equals_one_process(tmp_path, fake_data) -> None:
-    runner = load_runner()
-    _fit(tmp_path / "ddp", fake_data, 2)
+@pytest.mark.parametrize("config", list(CASES))
+def test_smoke_under_two_process_ddp_sqn_equals_one_process(tmp_path, fake_data, config) -> None:
+    runner, runs = load_runner(), CASES[config]
+    _fit(config, runs, tmp_path / "ddp", fake_data, 2)
     # the single-process reference runs in this process (no second interpreter start-up)
-    argv = ["fit", "fig1_mnist_lenet", "--preset", "smoke", "--data-dir", str(fake_data)]
-    argv += ["--out", str(tmp_path / "single"), "--accelerator", "cpu", "--no-progress-bar", "--runs", *RUNS]
+    argv = ["fit", config, "--preset", "smoke", "--data-dir", str(fake_data)]
+    argv += ["--out", str(tmp_path / "single"), "--accelerator", "cpu", "--no-progress-bar", "--runs", *runs]
     assert runner.main(argv) == 0
-    for run in RUNS:
-        single = json.loads((tmp_path / "single" / FIG1 / run / "seed_0/summary.json").read_text())
-        ddp = json.loads((tmp_path / "ddp" / FIG1 / run / "seed_0/summary.json").read_text())
+    for run in runs:
+        single = json.loads((tmp_path / "single" / config / run / "seed_0/summary.json").read_text())
+        ddp = json.loads((tmp_path / "ddp" / config / run / "seed_0/summary.json").read_text())
         assert (single["world_size"], ddp["world_size"]) == (1, 2)
         assert ddp["global_steps"] == single["global_steps"] == 4
         assert ddp.get("counters") == single.get("counters")
-        ours = run.endswith("lsr1")
+        ours = not run.endswith("nag")
         assert (single["strategy"], ddp["strategy"]) == (
             ("SQNSingleDeviceStrategy", "SQNDDPStrategy") if ours else ("SingleDeviceStrategy", "DDPStrategy")
         )
-    for tag in ("test/error", "train/loss"):
-        a = load_scalars(tmp_path / "single" / FIG1, tag)
-        b = load_scalars(tmp_path / "ddp" / FIG1, tag)
-        for run in RUNS:
+    for tag in ("test/error", "train/loss", "train/backprops"):
+        a = load_scalars(tmp_path / "single" / config, tag)
+        b = load_scalars(tmp_path / "ddp" / config, tag)
+        for run in runs:
             (xa, va), (xb, vb) = a[run][0], b[run][0]
             assert xa.tolist() == xb.tolist() and len(xa) >= 2
             np.testing.assert_allclose(vb, va, rtol=1e-4, atol=1e-5)

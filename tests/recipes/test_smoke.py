@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from recipe_helpers import RECIPES, load_runner
 
@@ -17,7 +18,9 @@ from lightning_sqn.recipes import (
     find_configs,
     fit_one,
     load_config,
+    monitors,
     needs_closure,
+    optimizer_of,
 )
 from lightning_sqn.report import load_scalars
 
@@ -49,23 +52,43 @@ def test_smoke_preset_runs_end_to_end(smoke, name) -> None:
     out = smoke(name)
     config = load_config(find_configs(name, RECIPES)[0], RECIPES, "smoke")
     specs = expand(config)
-    errors = load_scalars(out / name, "test/error")
+    tag = (config.get("report") or {}).get("tag", "test/error")
+    values_of = load_scalars(out / name, tag)
+    backprops = load_scalars(out / name, "train/backprops", x="step")
     for spec in specs:
         seed_dir = out / name / spec.name / "seed_0"
         summary = json.loads((seed_dir / "summary.json").read_text())
         assert summary["preset"] == "smoke" and summary["epochs"] == 2
         assert summary["batch_size"] == spec.settings["data"]["init_args"]["batch_size"]
         assert (seed_dir / "recipe.yaml").is_file()
-        epochs, values = errors[spec.name][0]
-        assert epochs.tolist() == [1, 2] and ((0 <= values) & (values <= 100)).all()
-        if needs_closure(spec.settings["model"]["optimizer"]):
+        epochs, values = values_of[spec.name][0]
+        assert epochs.tolist() == [1, 2] and np.isfinite(values).all()
+        if tag == "test/error":
+            assert ((0 <= values) & (values <= 100)).all()
+        counts = backprops[spec.name][0][1]
+        assert len(counts) == summary["global_steps"] and (np.diff(counts) > 0).all()
+        if needs_closure(optimizer_of(spec.settings)):
             assert summary["counters"]["steps"] == summary["global_steps"] > 0
-            assert 0.0 <= summary["skipped_updates_pct"] <= 100.0
-    closure_runs = [s.name for s in specs if needs_closure(s.settings["model"]["optimizer"])]
+            assert (
+                counts[-1] == summary["counters"]["closure_evals"] + summary["counters"]["curvature_products"]
+            )
+        else:
+            assert counts.tolist() == list(range(1, summary["global_steps"] + 1))  # one per batch
+    keeping = [s.name for s in specs if "SkippedUpdateCounter" in monitors(optimizer_of(s.settings))]
     skipped = load_scalars(out / name, "sqn/skipped_updates_total_pct")
-    assert sorted(skipped) == sorted(closure_runs)
-    lsr1 = [s.name for s in specs if s.settings["model"]["optimizer"]["class_path"] == "lightning_sqn.LSR1"]
-    assert sorted(load_scalars(out / name, "sqn/radius")) == sorted(lsr1)
+    assert sorted(skipped) == sorted(keeping)
+    for spec in specs:
+        if spec.name in keeping:
+            assert (
+                0.0
+                <= json.loads((out / name / spec.name / "seed_0/summary.json").read_text())[
+                    "skipped_updates_pct"
+                ]
+                <= 100
+            )
+    trust_region = ("lightning_sqn.LSR1", "lightning_sqn.TrustRegionNewton")  # L-BFGS: a line search
+    radius = [s.name for s in specs if optimizer_of(s.settings)["class_path"] in trust_region]
+    assert sorted(load_scalars(out / name, "sqn/radius")) == sorted(radius)
 
 
 def _png(path: Path) -> None:
@@ -135,9 +158,12 @@ def test_saved_lightning_cli_config_repeats_the_run(smoke, tmp_path) -> None:
     out = smoke(FIG1)
     seed_dir = out / FIG1 / "no_bn" / "lsr1" / "seed_0"
     saved = yaml.safe_load((seed_dir / "config.yaml").read_text())
-    assert saved["model"]["optimizer"]["class_path"] == "lightning_sqn.LSR1"
-    assert saved["model"]["optimizer"]["init_args"]["gamma"] == 0.1 and saved["trainer"]["strategy"] == "sqn"
-    assert saved["model"]["model"]["class_path"] == "lightning_sqn.problems.lenet5_mnist"
+    assert saved["model"]["init_args"]["optimizer"]["class_path"] == "lightning_sqn.LSR1"
+    assert (
+        saved["model"]["init_args"]["optimizer"]["init_args"]["gamma"] == 0.1
+        and saved["trainer"]["strategy"] == "sqn"
+    )
+    assert saved["model"]["init_args"]["model"]["class_path"] == "lightning_sqn.problems.lenet5_mnist"
     assert saved["data"]["class_path"] == "lightning_sqn.problems.MNISTDataModule"
     argv = ["fit", "--config", str(seed_dir / "config.yaml")]
     argv += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
