@@ -46,6 +46,7 @@ from lightning_sqn.recipes.config import (
     select,
 )
 from lightning_sqn.recipes.fit import fit_one, global_rank, prepare_log_dir
+from lightning_sqn.recipes.reconstructions import reconstruction_grid
 from lightning_sqn.report import RECIPE_FILE, ReportSpec, build_report
 
 RECIPES = Path(__file__).resolve().parent
@@ -99,10 +100,13 @@ def fit(args: argparse.Namespace) -> int:
                 progress_bar=args.progress_bar,
             )
             if summary is not None:
-                err = summary["final_test_error"]
-                result = (
-                    f"test error {err:.2f}% after {summary['epochs']} epochs, " if err is not None else ""
-                )
+                err, loss = summary["final_test_error"], summary.get("final_test_loss")
+                if err is not None:
+                    result = f"test error {err:.2f}% after {summary['epochs']} epochs, "
+                elif loss is not None:
+                    result = f"test loss {loss:.4f} after {summary['epochs']} epochs, "
+                else:
+                    result = ""
                 print(f"    {result}{summary['fit_wall_time_s']:.1f} s", flush=True)
     return 0
 
@@ -110,8 +114,27 @@ def fit(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     for path in _configs(args.config):
         config = load_config(path, RECIPES, "paper")
-        print(build_report(args.out / config["name"], spec=ReportSpec.from_recipe(config)))
+        spec = ReportSpec.from_recipe(config)
+        root = args.out / config["name"]
+        text = build_report(root, spec=spec)
+        if spec.reconstructions:
+            text += _reconstructions(root, spec, args.data_dir)
+            (root / "report" / "report.md").write_text(text, encoding="utf-8")
+        print(text)
     return 0
+
+
+def _reconstructions(root: Path, spec: ReportSpec, data_dir: str | None) -> str:
+    """The reconstruction grid of an autoencoder recipe's runs and its report section."""
+    if data_dir is None:
+        return "\n## Reconstructions\n\nNot drawn: pass --data-dir (the test images).\n"
+    path = reconstruction_grid(root, root / "report" / "reconstructions.png", data_dir, spec.reconstructions, spec.runs)
+    if path is None:
+        return "\n## Reconstructions\n\nNot drawn: no run saved its final weights.\n"
+    return (
+        f"\n## Reconstructions\n\nThe first {spec.reconstructions} test images (top row) and each run's "
+        f"reconstruction of them (its final weights):\n\n![reconstructions]({path.name})\n"
+    )
 
 
 def _paper_title(paper: Path) -> str:
@@ -171,6 +194,11 @@ def make_parser() -> argparse.ArgumentParser:
         "config", nargs="+", help="YAML path, paper, paper/experiment[/stem], or without the paper"
     )
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"log root (default: {DEFAULT_OUT})")
+    p.add_argument(
+        "--data-dir",
+        default=os.environ.get("LIGHTNING_SQN_DATA"),
+        help="the data the runs trained on, for drawings from the final models (default: $LIGHTNING_SQN_DATA)",
+    )
     p.set_defaults(func=report)
     p = sub.add_parser("list", help="list the papers and their recipe configs")
     p.set_defaults(func=list_configs)

@@ -11,13 +11,13 @@ Sec. 3.2 and App. D, after Becker & LeCun 1988),
   i.i.d. zero-mean inputs in :math:`\mathbb{R}^d`.
 * :func:`hessian_diagonal_share`: :math:`\delta` of a network's loss Hessian from Hessian columns
   :math:`H e_i` (one Hessian-vector product each), all of them (exact, never storing :math:`H`) or a
-  uniform sample of them (the estimator of :class:`DiagonalShare`).
+  sample of them stratified by parameter tensor (the estimator of :class:`DiagonalShare`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -82,13 +82,18 @@ def ols_share(d: int, b: int) -> float:
 class DiagonalShare:
     r""":math:`\delta(H)` of a Hessian from ``columns`` of its ``n`` columns.
 
-    With the column sample :math:`I` (uniform, without replacement), :math:`a_i = |h_{ii}|` and
-    :math:`c_i = \|H e_i\|_1`, the sums :math:`\frac{n}{|I|}\sum_{i \in I} a_i` and
-    :math:`\frac{n}{|I|}\sum_{i \in I} c_i` are unbiased for :math:`\sum_i |h_{ii}|` and
-    :math:`\sum_{ij}|h_{ij}|`; their ratio :math:`\hat\delta = \sum_I a_i / \sum_I c_i` is the estimate
-    (consistent, with a bias of order :math:`1/|I|`). ``stderr`` is its delta-method standard error,
-    :math:`\sqrt{(1 - |I|/n) \operatorname{var}(a_i - \hat\delta c_i) / (|I| \bar c^2)}`, zero when every
-    column was used (then ``value`` is exact).
+    The columns are sampled per parameter tensor (stratum :math:`l` of size :math:`n_l`; the columns of one
+    tensor are alike, those of different tensors are not), :math:`k_l` of them uniformly without
+    replacement, :math:`k_l \approx k\, n_l / n` and at least :math:`\min(n_l, 2)`. With
+    :math:`a_i = |h_{ii}|` and :math:`c_i = \|H e_i\|_1`, the stratified sums
+    :math:`\hat A = \sum_l \frac{n_l}{k_l} \sum_{i \in I_l} a_i` and
+    :math:`\hat C = \sum_l \frac{n_l}{k_l} \sum_{i \in I_l} c_i` are unbiased for
+    :math:`\sum_i |h_{ii}|` and :math:`\sum_{ij} |h_{ij}|`; ``value`` is their ratio
+    :math:`\hat\delta = \hat A / \hat C` (consistent, with a bias of order :math:`1/k`). ``stderr`` is its
+    delta-method standard error,
+    :math:`\sqrt{\sum_l n_l^2 (1 - k_l/n_l)\, s_l^2 / k_l} / \hat C` with :math:`s_l^2` the sample variance
+    of :math:`a_i - \hat\delta c_i` in stratum :math:`l`; zero when every column was used (then ``value``
+    is exact).
     """
 
     value: float
@@ -99,6 +104,12 @@ class DiagonalShare:
     @property
     def exact(self) -> bool:
         return self.columns == self.n
+
+
+def _allocate(sizes: Sequence[int], k: int) -> list[int]:
+    """Columns per stratum: proportional to its size, at least ``min(size, 2)``, at most its size."""
+    n = sum(sizes)
+    return [min(size, max(2, round(k * size / n))) for size in sizes]
 
 
 def hessian_diagonal_share(
@@ -116,15 +127,17 @@ def hessian_diagonal_share(
     columns per vmapped call; :math:`H` is never stored).
 
     Args:
-        columns: how many columns to sample uniformly without replacement (``generator`` draws them);
-            ``None`` or ``n`` uses all of them, which makes the value exact (``n`` products).
+        columns: about how many columns to sample, stratified by parameter tensor (see
+            :class:`DiagonalShare`; ``generator`` draws them); ``None`` or ``n`` uses all of them, which makes
+            the value exact (``n`` products).
         chunk: columns per batched product (memory: ``chunk`` n-vectors and ``chunk`` copies of the
             network's activations).
 
     Raises:
         ValueError: ``columns`` outside [2, n] or ``chunk`` < 1.
     """
-    n = sum(p.numel() for p in module.parameters())
+    sizes = [p.numel() for p in module.parameters()]
+    n = sum(sizes)
     k = n if columns is None else int(columns)
     if not 2 <= k <= n:
         raise ValueError(f"columns must be in [2, n = {n}], got {columns}")
@@ -132,21 +145,32 @@ def hessian_diagonal_share(
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     dtype = next(module.parameters()).dtype
     device = next(module.parameters()).device
-    index = torch.arange(n) if k == n else torch.randperm(n, generator=generator)[:k]
-    diag = torch.empty(k, dtype=torch.float64)
-    mass = torch.empty(k, dtype=torch.float64)
-    for start in range(0, k, chunk):
-        rows = index[start : start + chunk]
+    per_stratum = sizes if k == n else _allocate(sizes, k)
+    offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+    strata = [
+        offset + (torch.arange(size) if kl == size else torch.randperm(size, generator=generator)[:kl])
+        for offset, size, kl in zip(offsets, sizes, per_stratum, strict=False)
+    ]
+    index = torch.cat(strata)
+    diag = torch.empty(len(index), dtype=torch.float64)
+    mass = torch.empty(len(index), dtype=torch.float64)
+    for start in range(0, len(index), chunk):
+        rows = index[start : start + chunk].to(device)
+        cols = torch.arange(len(rows), device=device)
         E = torch.zeros(n, len(rows), dtype=dtype, device=device)
-        E[rows.to(device), torch.arange(len(rows), device=device)] = 1
+        E[rows, cols] = 1
         HE = hvp_functional(module, loss_fn, inputs, targets, E)  # (n, len(rows)): columns H e_i
-        diag[start : start + len(rows)] = HE[rows.to(device), torch.arange(len(rows), device=device)].abs().double().cpu()
+        diag[start : start + len(rows)] = HE[rows, cols].abs().double().cpu()
         mass[start : start + len(rows)] = HE.abs().sum(dim=0).double().cpu()
-    if mass.sum() == 0:
+    weights = torch.cat([torch.full((kl,), size / kl, dtype=torch.float64) for size, kl in zip(sizes, per_stratum, strict=True)])
+    A, C = float((weights * diag).sum()), float((weights * mass).sum())
+    if C == 0:
         raise ValueError("the sampled Hessian columns are all zero: the diagonal share is undefined")
-    value = float(diag.sum() / mass.sum())
-    if k == n:
-        return DiagonalShare(value, 0.0, n, k)
-    residual = diag - value * mass
-    variance = (1.0 - k / n) * float(residual.var(unbiased=True)) / (k * float(mass.mean()) ** 2)
-    return DiagonalShare(value, math.sqrt(variance), n, k)
+    value = A / C
+    variance, at = 0.0, 0
+    for size, kl in zip(sizes, per_stratum, strict=True):
+        residual = diag[at : at + kl] - value * mass[at : at + kl]
+        at += kl
+        if kl < size:
+            variance += size**2 * (1.0 - kl / size) * float(residual.var(unbiased=True)) / kl
+    return DiagonalShare(value, math.sqrt(variance) / C, n, int(sum(per_stratum)))

@@ -26,6 +26,9 @@ import yaml
 
 from lightning_sqn.recipes.config import RunSpec
 
+#: the trained weights (the task's state dict) next to a run's logs, for what is drawn from the final model
+WEIGHTS_FILE = "final_weights.pt"
+
 #: Trainer settings of every run unless the config sets them
 TRAINER_DEFAULTS = {
     "max_epochs": 1,
@@ -256,6 +259,7 @@ def fit_one(
         "global_steps": trainer.global_step,
         "fit_wall_time_s": round(wall, 3),
         "final_test_error": metrics.get("test/error"),
+        "final_test_loss": metrics.get("test/loss"),
         "train_time_s": metrics.get("train/time"),
         "devices": devices,
         "world_size": trainer.world_size,
@@ -269,8 +273,7 @@ def fit_one(
         offered = int(c.get("stored_pairs", 0)) + int(c.get("skipped_pairs", 0))
         summary["skipped_updates_pct"] = 100.0 * int(c.get("skipped_pairs", 0)) / offered if offered else None
     log_dir = Path(trainer.logger.log_dir)
-    # the trained weights, for what is drawn from the final model (e.g. reconstructions)
-    torch.save(task.state_dict(), log_dir / "final_weights.pt")
+    torch.save(task.state_dict(), log_dir / WEIGHTS_FILE)
     (log_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -280,7 +283,7 @@ def prepare_log_dir(spec: RunSpec, seed: int, out: Path, preset: str, overrides:
     run's settings, preset and overrides)."""
     log_dir = out / spec.config / spec.name / f"seed_{seed}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    stale_files = [log_dir / name for name in ("summary.json", "hparams.yaml", "final_weights.pt")]
+    stale_files = [log_dir / name for name in ("summary.json", "hparams.yaml", WEIGHTS_FILE)]
     for stale in [*log_dir.glob("events.out.tfevents*"), *stale_files]:
         stale.unlink(missing_ok=True)  # a rerun replaces the seed's logs instead of mixing with them
     resolved = {
@@ -302,6 +305,7 @@ def global_rank() -> int:
 
 __all__ = [
     "TRAINER_DEFAULTS",
+    "WEIGHTS_FILE",
     "fit_one",
     "global_rank",
     "instantiate",

@@ -68,6 +68,8 @@ class ReportSpec:
         groups: the panels (sub-folders of the log root); ``(None,)``: the root is one panel.
         runs: the row order (runs not named follow, sorted).
         logy: logarithmic y axis.
+        reconstructions: test images drawn with each run's reconstructions (autoencoder recipes; the
+            recipe runner draws them, see :mod:`lightning_sqn.recipes.reconstructions`); 0: none.
     """
 
     title: str = ""
@@ -82,12 +84,15 @@ class ReportSpec:
     groups: tuple[str | None, ...] = (None,)
     runs: tuple[str, ...] = field(default_factory=tuple)
     logy: bool = False
+    reconstructions: int = 0
 
     @classmethod
     def from_recipe(cls, config: Mapping[str, Any]) -> ReportSpec:
         """The spec of a recipe config (:func:`lightning_sqn.recipes.config.load_config`'s result)."""
         settings = dict(config.get("report") or {})
-        known = {"title", "tag", "ylabel", "x", "also", "targets", "paper_skipped", "table1", "logy"}
+        known = {
+            "title", "tag", "ylabel", "x", "also", "targets", "paper_skipped", "table1", "logy", "reconstructions"
+        }
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ValueError(
@@ -105,6 +110,7 @@ class ReportSpec:
             groups=tuple(config.get("groups") or (None,)),
             runs=tuple(config.get("runs") or ()),
             logy=bool(settings.get("logy", False)),
+            reconstructions=int(settings.get("reconstructions", 0)),
         )
 
     def __post_init__(self) -> None:

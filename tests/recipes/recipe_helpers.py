@@ -20,13 +20,18 @@ RUNNER = RECIPES / "run.py"
 N_TRAIN, N_TEST = 64, 32
 
 
-def load_runner() -> ModuleType:
-    if "recipes_run" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("recipes_run", RUNNER)
+def load_script(path: Path, name: str) -> ModuleType:
+    """The script at ``path`` imported as module ``name`` (once per session)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules["recipes_run"] = module  # dataclasses look their module up while the file runs
+        sys.modules[name] = module  # dataclasses look their module up while the file runs
         spec.loader.exec_module(module)
-    return sys.modules["recipes_run"]
+    return sys.modules[name]
+
+
+def load_runner() -> ModuleType:
+    return load_script(RUNNER, "recipes_run")
 
 
 def _idx(array: np.ndarray) -> bytes:

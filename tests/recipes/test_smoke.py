@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from recipe_helpers import RECIPES, load_runner
 
 from lightning_sqn.recipes import (
@@ -115,6 +116,34 @@ def test_report_of_a_figure_recipe(smoke, capsys) -> None:
 
     assert report_main([str(out / FIG1), "--out", str(out / "again")]) == 0
     assert (out / "again" / "report.md").read_text() == text
+
+
+def test_report_of_an_autoencoder_recipe_draws_reconstructions(smoke, fake_data, capsys) -> None:
+    name = "ellipsoidal_tr_kohler2019/fig3_tr_norms/fashion_autoencoder"
+    out = smoke(name)
+    for run in ("tr_uniform", "tr_adagrad", "tr_rmsprop"):
+        assert (out / name / run / "seed_0" / "final_weights.pt").is_file()
+    assert RUNNER.main(["report", name, "--out", str(out)]) == 0
+    assert "Not drawn: pass --data-dir" in (out / name / "report" / "report.md").read_text()
+    assert RUNNER.main(["report", name, "--out", str(out), "--data-dir", str(fake_data)]) == 0
+    capsys.readouterr()
+    _png(out / name / "report" / "reconstructions.png")
+    text = (out / name / "report" / "report.md").read_text()
+    assert "The first 10 test images" in text and "![reconstructions](reconstructions.png)" in text
+    # the grid is drawn from the saved weights: the run rebuilt from them has the test squared error
+    # that the fit logged at its end
+    from lightning_sqn.recipes.reconstructions import load_trained, trained_runs
+
+    runs = trained_runs(out / name, ("tr_uniform", "tr_adagrad", "tr_rmsprop"))
+    assert list(runs) == ["tr_uniform", "tr_adagrad", "tr_rmsprop"]
+    logged = load_scalars(out / name, "test/squared_error")
+    for run, folder in runs.items():
+        task, datamodule = load_trained(folder, fake_data)
+        x = datamodule.split("test")[0].float()
+        with torch.no_grad():
+            logits = task(x).flatten(1)
+        error = task.squared_error(logits, x.flatten(1)).mean()
+        assert float(error) == pytest.approx(float(logged[run][0][1][-1]), rel=1e-5)
 
 
 def test_report_writes_table1_and_wall_time_plots(smoke) -> None:
