@@ -108,6 +108,12 @@ def test_markdown_tables(logs):
         "| lsr1 | 2 | 3.00 ± 1.41 | 8.00 |"
     )
     assert report.markdown_table(["a|b"], [[1]]) == "| a\\|b |\n|---|\n| 1 |"
+    # losses need more decimals than errors in percent: a recipe's report.digits
+    assert report.final_table(data, digits=4).endswith("| nag | 2 | 2.2000 ± 1.1314 |")
+    assert "| lsr1 | 2 | 1.0000 ± 0.2828 |" in report.final_table(data, digits=4)
+    cells = report.epoch_table(data, digits=3).splitlines()[2].split(" | ")[2:]
+    assert cells and all(len(c.split(" ± ")[0].split(".")[1]) == 3 for c in cells if c.strip(" |"))
+    assert report.ReportSpec.from_recipe({"report": {"digits": 4}}).digits == 4
     # the paper's column is data: a value per run, "–" where the paper says nothing
     with_paper = report.skipped_table(
         report.load_scalars(logs, report.SKIPPED_TOTAL_TAG), paper={"lsr1": "7% to > 60%"}

@@ -68,6 +68,7 @@ class ReportSpec:
         groups: the panels (sub-folders of the log root); ``(None,)``: the root is one panel.
         runs: the row order (runs not named follow, sorted).
         logy: logarithmic y axis.
+        digits: decimals of the values in the per-epoch and final tables.
         reconstructions: test images drawn with each run's reconstructions (autoencoder recipes; the
             recipe runner draws them, see :mod:`lightning_sqn.recipes.reconstructions`); 0: none.
     """
@@ -84,6 +85,7 @@ class ReportSpec:
     groups: tuple[str | None, ...] = (None,)
     runs: tuple[str, ...] = field(default_factory=tuple)
     logy: bool = False
+    digits: int = 2
     reconstructions: int = 0
 
     @classmethod
@@ -91,7 +93,8 @@ class ReportSpec:
         """The spec of a recipe config (:func:`lightning_sqn.recipes.config.load_config`'s result)."""
         settings = dict(config.get("report") or {})
         known = {
-            "title", "tag", "ylabel", "x", "also", "targets", "paper_skipped", "table1", "logy", "reconstructions"
+            "title", "tag", "ylabel", "x", "also", "targets", "paper_skipped", "table1", "logy", "digits",
+            "reconstructions",
         }
         unknown = sorted(set(settings) - known)
         if unknown:
@@ -110,6 +113,7 @@ class ReportSpec:
             groups=tuple(config.get("groups") or (None,)),
             runs=tuple(config.get("runs") or ()),
             logy=bool(settings.get("logy", False)),
+            digits=int(settings.get("digits", 2)),
             reconstructions=int(settings.get("reconstructions", 0)),
         )
 
@@ -211,10 +215,10 @@ def _panel(
     lines += [
         f"{spec.label}, per epoch (mean ± std over seeds):",
         "",
-        epoch_table(_shown_epochs(data), order),
+        epoch_table(_shown_epochs(data), order, spec.digits),
         "",
     ]
-    lines += ["Final value (mean ± std over seeds):", "", final_table(data, label=f"final {spec.label}"), ""]
+    lines += ["Final value (mean ± std over seeds):", "", final_table(data, label=f"final {spec.label}", digits=spec.digits), ""]
     if spec.targets:
         lines += ["Epochs to reach the target (first epoch with value ≤ target):", ""]
         label = spec.label.split(" (")[0]

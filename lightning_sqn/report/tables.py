@@ -110,16 +110,16 @@ def skipped_table(
     return markdown_table(header, rows)
 
 
-def epoch_table(data: Scalars, order: Sequence[str] = ()) -> str:
+def epoch_table(data: Scalars, order: Sequence[str] = (), digits: int = 2) -> str:
     """Rows: runs (``order`` first, then the others sorted); columns: epochs; cells: mean (± std over
-    seeds) of the value at that epoch, empty where no seed has one."""
+    seeds) of the value at that epoch with ``digits`` decimals, empty where no seed has one."""
     epochs = sorted({int(e) for run in data.values() for xs, _ in run.values() for e in xs})
     rows = []
     for run in [r for r in order if r in data] + sorted(set(data) - set(order)):
         cells: list[object] = [run, len(data[run])]
         for epoch in epochs:
             vals = [float(v[list(xs).index(epoch)]) for xs, v in data[run].values() if epoch in list(xs)]
-            cells.append(format_mean_std(vals) if vals else "")
+            cells.append(format_mean_std(vals, digits) if vals else "")
         rows.append(cells)
     return markdown_table(["run", "seeds", *[str(e) for e in epochs]], rows)
 

@@ -210,6 +210,8 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
         ax.plot(batches, [ols_share(n, b) for b in batches], "k--", label="OLS (Prop. 2)")
         ax.plot(batches, [wigner_share(n)] * len(batches), "k:", label="Wigner (Prop. 1)")
         ax.set(xscale="log", yscale="log", xlabel="batch size b", ylabel="diagonal share delta(H)")
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_title(f"{network} ({n:,} weights)")
         ax.legend(fontsize=7)
     fig.tight_layout()
