@@ -128,7 +128,9 @@ def _reconstructions(root: Path, spec: ReportSpec, data_dir: str | None) -> str:
     """The reconstruction grid of an autoencoder recipe's runs and its report section."""
     if data_dir is None:
         return "\n## Reconstructions\n\nNot drawn: pass --data-dir (the test images).\n"
-    path = reconstruction_grid(root, root / "report" / "reconstructions.png", data_dir, spec.reconstructions, spec.runs)
+    path = reconstruction_grid(
+        root, root / "report" / "reconstructions.png", data_dir, spec.reconstructions, spec.runs
+    )
     if path is None:
         return "\n## Reconstructions\n\nNot drawn: no run saved its final weights.\n"
     return (
@@ -197,7 +199,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-dir",
         default=os.environ.get("LIGHTNING_SQN_DATA"),
-        help="the data the runs trained on, for drawings from the final models (default: $LIGHTNING_SQN_DATA)",
+        help="the data the runs trained on, for drawings from the final models "
+        "(default: $LIGHTNING_SQN_DATA)",
     )
     p.set_defaults(func=report)
     p = sub.add_parser("list", help="list the papers and their recipe configs")

@@ -59,7 +59,8 @@ def wigner_share(n: int, sigma_diag: float = 1.0, sigma_off: float = 1.0) -> flo
 
 
 def ols_share(d: int, b: int) -> float:
-    r"""Prop. 2: :math:`\delta(\mathbb{E}|H|)` of the OLS Hessian :math:`H = \frac1b \sum_{k=1}^b x_k x_k^\top`
+    r"""Prop. 2: :math:`\delta(\mathbb{E}|H|)` of the OLS Hessian
+    :math:`H = \frac1b \sum_{k=1}^b x_k x_k^\top`
     for ``b`` i.i.d. inputs :math:`x_k \in \mathbb{R}^d` with zero-mean, independent coordinates of variance
     :math:`\sigma^2`, for large ``b``.
 
@@ -162,7 +163,12 @@ def hessian_diagonal_share(
         HE = hvp_functional(module, loss_fn, inputs, targets, E)  # (n, len(rows)): columns H e_i
         diag[start : start + len(rows)] = HE[rows, cols].abs().double().cpu()
         mass[start : start + len(rows)] = HE.abs().sum(dim=0).double().cpu()
-    weights = torch.cat([torch.full((kl,), size / kl, dtype=torch.float64) for size, kl in zip(sizes, per_stratum, strict=True)])
+    weights = torch.cat(
+        [
+            torch.full((kl,), size / kl, dtype=torch.float64)
+            for size, kl in zip(sizes, per_stratum, strict=True)
+        ]
+    )
     A, C = float((weights * diag).sum()), float((weights * mass).sum())
     if C == 0:
         raise ValueError("the sampled Hessian columns are all zero: the diagonal share is undefined")

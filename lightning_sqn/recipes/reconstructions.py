@@ -25,7 +25,9 @@ def trained_runs(root: Path, order: Sequence[str] = ()) -> dict[str, Path]:
     for weights in sorted(root.rglob(WEIGHTS_FILE), key=lambda p: (p.parent.parent, p.parent.name)):
         run = weights.parent.parent.relative_to(root).as_posix()
         found.setdefault(run, weights.parent)
-    return dict(sorted(found.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
+    return dict(
+        sorted(found.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
+    )
 
 
 def load_trained(folder: Path, data_dir: str | Path) -> tuple[Any, Any]:
@@ -72,7 +74,9 @@ def reconstruction_grid(
             rows.append((run, task.reconstruct(x)))
     assert images is not None
     columns = len(images)
-    fig, axes = plt.subplots(len(rows) + 1, columns, figsize=(columns * 0.9, (len(rows) + 1) * 1.0), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows) + 1, columns, figsize=(columns * 0.9, (len(rows) + 1) * 1.0), squeeze=False
+    )
     for r, (label, batch) in enumerate([("test images", images), *rows]):
         for c in range(columns):
             ax = axes[r][c]

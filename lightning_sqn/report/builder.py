@@ -93,7 +93,16 @@ class ReportSpec:
         """The spec of a recipe config (:func:`lightning_sqn.recipes.config.load_config`'s result)."""
         settings = dict(config.get("report") or {})
         known = {
-            "title", "tag", "ylabel", "x", "also", "targets", "paper_skipped", "table1", "logy", "digits",
+            "title",
+            "tag",
+            "ylabel",
+            "x",
+            "also",
+            "targets",
+            "paper_skipped",
+            "table1",
+            "logy",
+            "digits",
             "reconstructions",
         }
         unknown = sorted(set(settings) - known)
@@ -218,7 +227,12 @@ def _panel(
         epoch_table(_shown_epochs(data), order, spec.digits),
         "",
     ]
-    lines += ["Final value (mean ± std over seeds):", "", final_table(data, label=f"final {spec.label}", digits=spec.digits), ""]
+    lines += [
+        "Final value (mean ± std over seeds):",
+        "",
+        final_table(data, label=f"final {spec.label}", digits=spec.digits),
+        "",
+    ]
     if spec.targets:
         lines += ["Epochs to reach the target (first epoch with value ≤ target):", ""]
         label = spec.label.split(" (")[0]

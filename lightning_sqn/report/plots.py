@@ -39,6 +39,13 @@ def plot_curves(
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     FigureCanvasAgg(fig)  # Agg without pyplot: no global backend state, no display needed
     ax = fig.add_subplot()
+    if len(data) > 10:  # more runs than the default cycle's colours: each its own colour, and dashes
+        import matplotlib as mpl
+        from cycler import cycler
+
+        colours = mpl.colormaps["tab20"].colors[: len(data)]
+        dashes = ["-" if i % 2 == 0 else "--" for i in range(len(colours))]
+        ax.set_prop_cycle(cycler(color=colours) + cycler(linestyle=dashes))
     for run in sorted(data):
         curve = aggregate(data[run])
         x = curve.x
@@ -60,7 +67,9 @@ def plot_curves(
     if logy:
         ax.set_yscale("log")
     if title:
-        ax.set_title(title)
+        import textwrap
+
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize="medium")
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize="small")

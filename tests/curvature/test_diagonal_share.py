@@ -94,7 +94,13 @@ def test_stratified_column_sample_is_centred_with_an_honest_error_bar() -> None:
     estimates, errors = [], []
     for seed in range(200):
         share = hessian_diagonal_share(
-            net, nn.functional.cross_entropy, x, t, columns=20, chunk=32, generator=torch.Generator().manual_seed(seed)
+            net,
+            nn.functional.cross_entropy,
+            x,
+            t,
+            columns=20,
+            chunk=32,
+            generator=torch.Generator().manual_seed(seed),
         )
         assert not share.exact and share.columns == 21  # 11 + 2 + 6 + 2 of the tensors' 30, 6, 18, 3 columns
         estimates.append(share.value)

@@ -25,8 +25,15 @@ def test_smoke_preset_writes_table_plot_and_rows(fig2, fake_data, tmp_path) -> N
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     # 3 networks x 2 inputs x 2 states x 1 batch size, the small network exact and sampled
     assert len(rows) == 16
-    assert {(r["network"], r["n"]) for r in rows} == {("small_mlp", 954), ("simple_cnn", 62_006), ("mlp", 411_146)}
-    assert {r["inputs"] for r in rows} == {"random", "cifar10"} and {r["state"] for r in rows} == {"init", "trained"}
+    assert {(r["network"], r["n"]) for r in rows} == {
+        ("small_mlp", 954),
+        ("simple_cnn", 62_006),
+        ("mlp", 411_146),
+    }
+    assert {r["inputs"] for r in rows} == {"random", "cifar10"} and {r["state"] for r in rows} == {
+        "init",
+        "trained",
+    }
     for r in rows:
         assert 0 < r["share"] <= 1 and r["batch"] == 4
         assert r["wigner"] == wigner_share(r["n"]) and r["ols"] == ols_share(r["n"], 4)

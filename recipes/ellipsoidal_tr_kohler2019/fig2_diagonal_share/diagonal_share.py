@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -93,9 +92,7 @@ def train(net: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int = 0) -> f
     return mean
 
 
-def measure(
-    net: nn.Module, x: Tensor, y: Tensor, columns: int, seed: int, exact: bool
-) -> dict[str, Any]:
+def measure(net: nn.Module, x: Tensor, y: Tensor, columns: int, seed: int, exact: bool) -> dict[str, Any]:
     """The diagonal share of ``net``'s cross-entropy Hessian on ``(x, y)`` with its baselines."""
     n = sum(p.numel() for p in net.parameters())
     b = len(x)
@@ -125,13 +122,18 @@ def measure(
     }
 
 
-def run(preset: str, data_dir: str | Path | None, networks: Sequence[str], seed: int = 0) -> list[dict[str, Any]]:
+def run(
+    preset: str, data_dir: str | Path | None, networks: Sequence[str], seed: int = 0
+) -> list[dict[str, Any]]:
     """All rows of the experiment (see the module docstring)."""
     settings = PRESETS[preset]
     gen = torch.Generator().manual_seed(seed)
     biggest = max(settings["batch_sizes"])
     inputs: dict[str, tuple[Tensor, Tensor]] = {
-        "random": (torch.randn(biggest, 3, 32, 32, generator=gen), torch.randint(0, 10, (biggest,), generator=gen))
+        "random": (
+            torch.randn(biggest, 3, 32, 32, generator=gen),
+            torch.randint(0, 10, (biggest,), generator=gen),
+        )
     }
     train_x = train_y = None
     if data_dir is not None:
@@ -176,7 +178,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         columns = "all (exact)" if r["exact"] else str(r["columns"])
         lines.append(
-            f"| {r['network']} | {r['n']:,} | {r['inputs']} | {r['state']} | {r['batch']} | {r['share']:.3e} | "
+            f"| {r['network']} | {r['n']:,} | {r['inputs']} | {r['state']} | {r['batch']} "
+            f"| {r['share']:.3e} | "
             f"{r['stderr']:.1e} | {columns} | {r['wigner']:.2e} | {r['ols']:.2e} | {r['over_wigner']:.1f} | "
             f"{r['over_ols']:.2f} |"
         )
@@ -222,7 +225,9 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
-    parser.add_argument("--data-dir", default=None, help="root holding CIFAR-10 (without: random inputs only)")
+    parser.add_argument(
+        "--data-dir", default=None, help="root holding CIFAR-10 (without: random inputs only)"
+    )
     parser.add_argument("--out", required=True, help="folder for results.json, report.md, diagonal_share.png")
     parser.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
     parser.add_argument("--seed", type=int, default=0)
@@ -233,11 +238,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run(args.preset, args.data_dir, args.networks, args.seed)
     wall = time.perf_counter() - start
     (out / "results.json").write_text(
-        json.dumps({"preset": args.preset, "seed": args.seed, "wall_s": round(wall, 1), "rows": rows}, indent=2)
+        json.dumps(
+            {"preset": args.preset, "seed": args.seed, "wall_s": round(wall, 1), "rows": rows}, indent=2
+        )
         + "\n",
         encoding="utf-8",
     )
-    title = f"# Figure 2: diagonal share of the Hessian (preset {args.preset}, seed {args.seed}, {wall:.0f} s)\n\n"
+    title = (
+        f"# Figure 2: diagonal share of the Hessian (preset {args.preset}, seed {args.seed}, "
+        f"{wall:.0f} s)\n\n"
+    )
     (out / "report.md").write_text(title + table(rows), encoding="utf-8")
     plot(rows, out / "diagonal_share.png")
     print(f"wrote {out / 'report.md'} and {out / 'diagonal_share.png'} ({wall:.0f} s)")
