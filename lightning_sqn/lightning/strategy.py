@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
 
 class _GraphBackward:
-    """Backward that keeps the autograd graph when one of our optimizers asks for it.
+    """Backward that keeps the autograd graph when one of our optimizers asks for it, and skips it when
+    one asks for the loss alone (``gradient_requested`` False, see
+    :meth:`~lightning_sqn.optim.evaluation.Evaluation.loss_only`).
 
     An optimizer that needs Hessian-vector products sets ``graph_requested`` while its closure runs;
     :meth:`backward` then calls the optimizer's
@@ -54,9 +56,20 @@ class _GraphBackward:
         super().on_train_start()  # type: ignore[misc]
         check_full_batch(self.lightning_module.trainer)  # type: ignore[attr-defined]
 
+    def _loss_only(self) -> bool:
+        return any(isinstance(o, QuasiNewtonOptimizer) and not o.gradient_requested for o in self.optimizers)
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        if self._loss_only():  # Lightning's closure enables autograd; a loss-only evaluation needs no graph
+            with torch.no_grad():
+                return super().training_step(*args, **kwargs)  # type: ignore[misc]
+        return super().training_step(*args, **kwargs)  # type: ignore[misc]
+
     def backward(
         self, closure_loss: Tensor, optimizer: Optimizer | None, *args: Any, **kwargs: Any
     ) -> Tensor:
+        if self._loss_only():
+            return closure_loss  # a loss-only evaluation (trust-region trial point): no backward pass
         opt = self._graph_optimizer()
         if opt is None:
             return super().backward(closure_loss, optimizer, *args, **kwargs)  # type: ignore[misc]

@@ -133,6 +133,12 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
         return self.evaluation.graph_requested
 
     @property
+    def gradient_requested(self) -> bool:
+        """False while the closure runs for an evaluation that needs only the loss; the ``sqn``/``ddp_sqn``
+        strategies then skip the backward pass (plain closures may ignore it)."""
+        return self.evaluation.gradient_requested
+
+    @property
     def graph_from_strategy(self) -> bool:
         """Set by the ``sqn``/``ddp_sqn`` strategies, whose backward hands the graph to :meth:`keep_graph`."""
         return self.evaluation.graph_from_strategy

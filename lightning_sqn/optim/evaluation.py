@@ -61,15 +61,19 @@ class Evaluation:
         self.graph_from_strategy = False
         #: the graph of the latest evaluation that asked for it (freed at the end of a step)
         self.graph: GradientGraph | None = None
-        #: closure evaluations in the current step
+        #: False while the closure runs for an evaluation that needs only the loss (see :meth:`loss_only`)
+        self.gradient_requested = True
+        #: closure evaluations in the current step, and those of them that computed only the loss
         self.count = 0
+        self.loss_only_count = 0
         #: x_k, the parameters at the start of the current step
         self.x = flat.new_zeros()
 
     # ------------------------------------------------------------ step boundaries
     def begin_step(self) -> None:
-        """x_k into :attr:`x`, the count to zero, the running statistics saved."""
+        """x_k into :attr:`x`, the counts to zero, the running statistics saved."""
         self.count = 0
+        self.loss_only_count = 0
         self.flat.gather_params(self.x)
         if self.running_stats is not None:
             self.running_stats.begin_step()
@@ -82,6 +86,7 @@ class Evaluation:
         """Undo what the step's evaluations changed: parameters back to x_k, statistics restored."""
         self.graph = None
         self.graph_requested = False
+        self.gradient_requested = True
         self.flat.set_params(self.x)
         if self.running_stats is not None:
             self.running_stats.abort()
@@ -120,22 +125,7 @@ class Evaluation:
             ValueError: the closure returned a loss with more than one element.
         """
         params = self.flat.params
-        for p in params:
-            p.grad = None
-        stats = self.running_stats
-        if stats is not None:
-            stats.before_evaluation()
-        self.graph = None
-        self.graph_requested = create_graph
-        try:
-            with torch.enable_grad():
-                loss = closure()
-        finally:
-            self.graph_requested = False
-        if stats is not None:
-            stats.after_evaluation()
-        self.count += 1
-        loss = self._check_loss(loss)
+        loss = self._run(closure, create_graph=create_graph, gradient=True)
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             raise RuntimeError(NO_GRADIENT.format(name=self.name))
@@ -154,10 +144,50 @@ class Evaluation:
         comm = self.communicator
         if create_graph and comm is not None:
             out.copy_(comm.all_reduce_mean(out))
+        return self._global_loss(loss, out)
+
+    def loss_only(self, closure: Closure, out: Tensor) -> Tensor:
+        """f at the current parameters where only the loss is needed (a trust-region trial point whose
+        gradient the method does not use); returns f like :meth:`__call__`.
+
+        Under the ``sqn``/``ddp_sqn`` strategies (:attr:`graph_from_strategy`) the closure runs under
+        ``torch.no_grad()`` with :attr:`gradient_requested` False, and the strategy's backward skips the
+        backward pass: a forward only, counted in :attr:`loss_only_count`. A plain PyTorch closure calls
+        ``loss.backward()`` itself, so there the evaluation is an ordinary one (its gradient lands in
+        ``out`` and is not used).
+        """
+        if not self.graph_from_strategy:
+            return self(closure, out)
+        loss = self._run(closure, create_graph=False, gradient=False)
+        self.loss_only_count += 1
+        return self._global_loss(loss, out)
+
+    def _run(self, closure: Closure, *, create_graph: bool, gradient: bool) -> Tensor:
+        """One closure call with fresh gradients, the running statistics around it, the flags the
+        strategies read set while it runs (autograd off for a loss-only call), counted; the loss as a
+        detached 0-dim tensor."""
+        for p in self.flat.params:
+            p.grad = None
+        stats = self.running_stats
+        if stats is not None:
+            stats.before_evaluation()
+        self.graph = None
+        self.graph_requested, self.gradient_requested = create_graph, gradient
+        try:
+            with torch.set_grad_enabled(gradient):
+                loss = closure()
+        finally:
+            self.graph_requested, self.gradient_requested = False, True
+        if stats is not None:
+            stats.after_evaluation()
+        self.count += 1
+        return self._check_loss(loss)
+
+    def _global_loss(self, loss: Tensor, out: Tensor) -> Tensor:
+        """The loss in ``out``'s dtype and device, averaged over ranks under ``ddp_sqn`` (every rank
+        decides from the same global mean)."""
         loss = loss.to(device=out.device, dtype=out.dtype)
-        if comm is not None:  # every rank decides from the same (global mean) loss
-            loss = comm.all_reduce_mean(loss)
-        return loss
+        return loss if self.communicator is None else self.communicator.all_reduce_mean(loss)
 
     # ------------------------------------------------------------ finiteness
     def check_finite(self, f: float, gg: float) -> None:

@@ -116,6 +116,8 @@ class NewtonModel(AttributePart):
     """
 
     needs_graph = True
+    #: no pairs: the trial point needs only its loss (rho), one forward pass
+    needs_trial_gradient = False
 
     def __init__(
         self,

@@ -46,6 +46,7 @@ class StagingModel:
 
     work: Tensor
     needs_graph = False  #: quasi-Newton models need no Hessian-vector products
+    needs_trial_gradient = True  #: y = g(x_k + s) - g(x_k) needs the gradient at the trial point
 
     def _init_rows(self) -> None:
         self._rows = self.work.unbind(0)  # views made once: no view operation per step

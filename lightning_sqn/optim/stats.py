@@ -58,6 +58,8 @@ class StepStats:
     cg_reason: int | None = None
     backtrack_index: int | None = None  #: CG iteration of the iterate chosen by CG backtracking
     warmup: bool | None = None  #: a first-order warm-up step (trust-region Newton)
+    #: of ``closure_evals``, those that computed only the loss (a forward pass, no gradient)
+    loss_only_evals: int | None = None
 
     def as_dict(self) -> dict[str, float | int | bool | str]:
         out: dict[str, float | int | bool | str] = {}
@@ -80,9 +82,10 @@ def _count(v: Any) -> int:
 class Counters:
     """Cumulative counts since construction (or since the state was loaded).
 
-    ``closure_evals`` counts loss-and-gradient evaluations, ``curvature_products`` the Hessian- or
-    Gauss-Newton-vector products (each one more backpropagation); their sum is the "number of
-    backpropagations" of Kohler, Adolphs & Lucchi's figures (:attr:`backprops`).
+    ``closure_evals`` counts closure evaluations, ``loss_only_evals`` those of them that computed only
+    the loss (a forward pass), ``curvature_products`` the Hessian- or Gauss-Newton-vector products (each
+    one more backpropagation); gradients plus products are the "number of backpropagations" of Kohler,
+    Adolphs & Lucchi's figures (:attr:`backprops`).
     """
 
     steps: int = 0
@@ -91,19 +94,22 @@ class Counters:
     stored_pairs: int = 0
     skipped_pairs: int = 0
     curvature_products: int = 0
+    loss_only_evals: int = 0
 
     #: fields a state saved before they existed may lack (they load as 0)
-    _ADDED: ClassVar[tuple[str, ...]] = ("curvature_products",)
+    _ADDED: ClassVar[tuple[str, ...]] = ("curvature_products", "loss_only_evals")
 
     @property
     def backprops(self) -> int:
-        """Gradient evaluations plus curvature-vector products."""
-        return self.closure_evals + self.curvature_products
+        """Gradient evaluations (closure evaluations less the loss-only ones) plus curvature-vector
+        products."""
+        return self.closure_evals - self.loss_only_evals + self.curvature_products
 
     def record(self, stats: StepStats) -> None:
         """Add one step."""
         self.steps += 1
         self.closure_evals += stats.closure_evals
+        self.loss_only_evals += int(stats.loss_only_evals or 0)
         products = (
             stats.curvature_products if stats.curvature_products is not None else stats.hessian_products
         )

@@ -41,6 +41,7 @@ class StepModel(Protocol):
 
     g: Tensor  #: where the stepper evaluates g(x_k)
     needs_graph: bool  #: the evaluation at x_k must keep its graph (Hessian-vector products)
+    needs_trial_gradient: bool  #: the trust-region trial point needs its gradient, not only its loss
     s: Tensor  #: where the model writes the step or direction
 
     def gather(self, f: Tensor) -> Tensor:
@@ -193,7 +194,8 @@ class TrustRegionStepper(Stepper):
         radius = self.radius if self.radius > 0 else (gnorm if gnorm > 0 else 1.0)
         res = model.solve(radius)
         flat.step_params(model.s)  # the parameters hold x_k (evaluations and refreshes leave them there)
-        f1 = ev(closure, self.g_trial)
+        trial_gradient = refresh is not None or model.needs_trial_gradient
+        f1 = ev(closure, self.g_trial) if trial_gradient else ev.loss_only(closure, self.g_trial)
         if refresh is None:  # y_k for accepted and rejected steps alike (Alg. 1 line 12)
             model.stage_trust_region(self.g_trial, res.sigma)
         f1_host = float(to_host(f1)[0])
@@ -209,13 +211,14 @@ class TrustRegionStepper(Stepper):
         trial_index = ev.count - 1
         ev.commit_running_stats(accepted, if_accepted=trial_index, if_rejected=self.start_eval)
         if accepted:
-            self._end(f1, self.g_trial)
+            self._end(f1, self.g_trial if trial_gradient else None)
         else:
             self._end(f0, None)
         eig_min, eig_max, negative = spectrum_stats(res.eigenvalues)
         stats = StepStats(
             loss=f0,
             closure_evals=ev.count,
+            loss_only_evals=ev.loss_only_count,
             accepted=accepted,
             step_norm=res.step_norm,
             pair_stored=stored,

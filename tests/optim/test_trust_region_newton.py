@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 from registry import CountingClosure, backward, make_batches, make_mlp, minimize_rosenbrock
-from test_hessian_free import lightning_fit
+from test_hessian_free import _Classifier, lightning_fit
 from torch import Tensor, nn
 
 import lightning_sqn
@@ -133,3 +133,55 @@ def test_lightning_fit_with_monitoring_callbacks(tmp_path) -> None:
     assert all(float(r["sqn/subproblem_status"]) in {int(k) for k in SolverStatus} for r in step_rows)
     assert all(float(r["sqn/closure_evals"]) == 2 for r in step_rows)
     assert [r for r in rows if r.get("sqn/skipped_updates")]
+
+
+def test_lightning_trial_point_is_a_forward_pass_with_the_plain_step_s_result() -> None:
+    """Under ``strategy="sqn"`` the trial point's evaluation computes only the loss (no backward pass;
+    the method uses no gradient there): the same parameters and decisions as plain PyTorch, whose
+    closure computes that gradient anyway, and one backpropagation less per step in the counters."""
+    import lightning
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 4, generator=g)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0.5).long()
+    make = lambda p: lightning_sqn.TrustRegionNewton(p, norm="rmsprop", initial_radius=1.0)  # noqa: E731
+    model = _Classifier(make)
+    grad_modes: list[bool] = []
+    model.net.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        strategy="sqn",
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, DataLoader(TensorDataset(X, y), batch_size=16))
+    counters = trainer.optimizers[0].counters
+    # x_k with autograd (its graph feeds the Hessian-vector products), the trial point without
+    assert grad_modes == [True, False] * 4
+    assert counters.loss_only_evals == 4 and counters.closure_evals == 8
+    assert counters.backprops == 4 + counters.curvature_products
+    assert counters.accepted_steps >= 1
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = make(net.parameters())
+    for xb, yb in DataLoader(TensorDataset(X, y), batch_size=16):
+
+        def closure(xb=xb, yb=yb) -> Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(net(xb), yb)
+            loss.backward(create_graph=opt.graph_requested)
+            return loss
+
+        opt.step(closure)
+    plain = opt.counters
+    assert plain.loss_only_evals == 0 and plain.backprops == 8 + plain.curvature_products
+    assert (plain.accepted_steps, plain.curvature_products) == (
+        counters.accepted_steps,
+        counters.curvature_products,
+    )
+    torch.testing.assert_close(_flat(net), _flat(model.net), rtol=0, atol=0)
