@@ -118,8 +118,9 @@ def _fit(task, tmp_path, data, epochs=2, strategy="sqn"):
 
 
 def test_backprops_count_gradients_and_curvature_products(tmp_path) -> None:
-    """``train/backprops``: one per batch for SGD; closure evaluations plus Hessian-vector products for
-    trust-region Newton, equal to the sum of the per-step counts the optimizer reports."""
+    """``train/backprops``: one per batch for SGD; gradient evaluations (closure evaluations less the
+    loss-only trial points) plus Hessian-vector products for trust-region Newton, equal to the sum of the
+    per-step counts the optimizer reports."""
     torch.manual_seed(0)
     x, y = torch.randn(64, 1, 4, 4), torch.randint(0, 3, (64,))
     data = TensorDataModule((x, y), (x[:16], y[:16]), batch_size=16)
@@ -140,7 +141,8 @@ def test_backprops_count_gradients_and_curvature_products(tmp_path) -> None:
     class Spy(lightning.Callback):
         def on_train_batch_end(self, trainer, *args):
             stats = trainer.optimizers[0].last_step
-            per_step.append(stats.closure_evals + stats.curvature_products)
+            assert stats.loss_only_evals == 1  # the trial point: a forward pass
+            per_step.append(stats.closure_evals - stats.loss_only_evals + stats.curvature_products)
 
     trainer = lightning.Trainer(
         max_epochs=2,
@@ -157,16 +159,17 @@ def test_backprops_count_gradients_and_curvature_products(tmp_path) -> None:
     trainer.fit(task, datamodule=data)
     counts = load_scalars(tmp_path / "trn", "train/backprops", x="step")["run"][0][1]
     expected = [sum(per_step[: i + 1]) for i in range(len(per_step))]
-    assert counts.tolist() == expected and all(p > 2 for p in per_step)
+    assert counts.tolist() == expected and all(p >= 2 for p in per_step)  # g(x_k) and >= 1 product
     counters = trainer.optimizers[0].counters
-    assert counters.backprops == expected[-1] == counters.closure_evals + counters.curvature_products
+    assert counters.loss_only_evals == counters.steps == 8
+    assert counters.backprops == expected[-1] == counters.closure_evals - 8 + counters.curvature_products
 
 
 def test_counters_load_states_saved_before_curvature_products_existed() -> None:
     counters = Counters()
     old = {"steps": 3, "closure_evals": 6, "accepted_steps": 2, "stored_pairs": 1, "skipped_pairs": 0}
     counters.load_state_dict(old)
-    assert counters.curvature_products == 0 and counters.backprops == 6
+    assert counters.curvature_products == counters.loss_only_evals == 0 and counters.backprops == 6
     with pytest.raises(ValueError, match="lack"):
         counters.load_state_dict({"steps": 1})
 
