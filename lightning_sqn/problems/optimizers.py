@@ -78,7 +78,8 @@ def _spec(
 #   trust-region radius decrease factor of 0.5, and a trust-region radius increase factor of 2.0" (the
 #   defaults of TrustRegionPolicy, so not repeated here).
 # - B_0 = gamma I: Algorithm 1 keeps B_0 fixed ("a diagonal matrix, typically gamma I_n", lines 32-33)
-#   and gives no value; gamma = 0.1 is the value our sweep supports (recipes/lsr1_ramamurthy2017/README.md, "B_0 = gamma I":
+#   and gives no value; gamma = 0.1 is the value our sweep supports
+#   (recipes/lsr1_ramamurthy2017/README.md, "B_0 = gamma I":
 #   best or level with gamma = 1 on MNIST with and without BN, on the CIFAR-10 LeNet and ResNet-20
 #   subsets; LSR1's own default "scaled" trains markedly worse here and is kept for its scale invariance
 #   on badly scaled deterministic problems).
