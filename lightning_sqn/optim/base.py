@@ -134,8 +134,10 @@ class QuasiNewtonOptimizer(torch.optim.Optimizer):
 
     @property
     def gradient_requested(self) -> bool:
-        """False while the closure runs for an evaluation that needs only the loss; the ``sqn``/``ddp_sqn``
-        strategies then skip the backward pass (plain closures may ignore it)."""
+        """False while the closure runs for an evaluation that needs only the loss (a trust-region trial
+        point without pairs), which happens only under the ``sqn``/``ddp_sqn`` strategies: they run
+        ``training_step`` under ``torch.no_grad()`` and skip the backward pass. With a plain PyTorch
+        closure it stays True (the closure computes its gradient as usual)."""
         return self.evaluation.gradient_requested
 
     @property

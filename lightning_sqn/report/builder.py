@@ -141,27 +141,41 @@ def _label(tag: str) -> str:
 
 
 def _figures(
-    root: Path, out: Path, tag: str, data: Scalars, spec: ReportSpec, title: str, prefix: str, ylabel: str
+    root: Path,
+    out: Path,
+    tag: str,
+    data: Scalars,
+    spec: ReportSpec,
+    axes: Mapping[str, Scalars],
+    title: str,
+    prefix: str,
+    ylabel: str,
 ) -> list[Path]:
-    """The PNGs of one tag (``data``: its per-epoch values) against each of ``spec.x``."""
+    """The PNGs of one tag (``data``: its per-epoch values) against each of ``spec.x``; ``axes`` holds the
+    panel's x-axis scalars, read once (:func:`_x_axes`)."""
     stem = _file_stem(tag)
     figures = []
+    kwargs = {"ylabel": ylabel, "title": title, "logy": spec.logy}
     for axis in spec.x:
         path = out / f"{prefix}{stem}_{axis}.png"
         if axis == "epoch":
-            figures.append(plot_curves(data, path, ylabel=ylabel, title=title, logy=spec.logy))
+            figures.append(plot_curves(data, path, **kwargs))
         elif axis == "time":
-            times = load_scalars(root, TIME_TAG)
-            if times:
-                figures.append(
-                    plot_curves(data, path, times=times, ylabel=ylabel, title=title, logy=spec.logy)
-                )
+            if axes["time"]:
+                figures.append(plot_curves(data, path, times=axes["time"], **kwargs))
         else:
-            counts = against(load_scalars(root, tag, x="step"), load_scalars(root, BACKPROPS_TAG, x="step"))
+            counts = against(load_scalars(root, tag, x="step"), axes["backprops"])
             if counts:
-                kwargs = {"ylabel": ylabel, "title": title, "logy": spec.logy, "xlabel": X_AXES[axis]}
-                figures.append(plot_curves(counts, path, **kwargs))
+                figures.append(plot_curves(counts, path, xlabel=X_AXES[axis], **kwargs))
     return figures
+
+
+def _x_axes(root: Path, spec: ReportSpec) -> dict[str, Scalars]:
+    """The scalars the time and backprop axes of ``spec.x`` need (empty when not drawn)."""
+    return {
+        "time": load_scalars(root, TIME_TAG) if "time" in spec.x else {},
+        "backprops": load_scalars(root, BACKPROPS_TAG, x="step") if "backprops" in spec.x else {},
+    }
 
 
 def paper_note(paper: Any, group: str | None, run: str) -> str:
@@ -213,11 +227,12 @@ def _panel(
         return [], {}
     title = (spec.title or root.name) + (f" ({group})" if group else "")
     prefix = f"{group}_" if group else ""
-    figures = _figures(group_root, out, spec.tag, data, spec, title, prefix, spec.label)
+    axes = _x_axes(group_root, spec)
+    figures = _figures(group_root, out, spec.tag, data, spec, axes, title, prefix, spec.label)
     for tag in spec.also:
         extra = load_scalars(group_root, tag)
         if extra:
-            figures += _figures(group_root, out, tag, extra, spec, title, prefix, _label(tag))
+            figures += _figures(group_root, out, tag, extra, spec, axes, title, prefix, _label(tag))
     order = list(spec.runs)
     lines = [f"## {group}" if group else "## Runs", ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures] + [""]
