@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from lightning_sqn._checks import fail
 
@@ -60,7 +60,13 @@ class LineSearchResult:
 
 
 class LineSearch(Protocol):
-    """The interface every line search implements."""
+    """The interface every line search implements.
+
+    ``uses_slope``: whether the search reads ``phi'(alpha)`` at its trials (``phi(0)``'s slope is always
+    given); a caller may then skip the gradient at trial points and return NaN as their slope.
+    """
+
+    uses_slope: ClassVar[bool]
 
     def search(self, phi: Phi, f0: float, dphi0: float, alpha0: float = 1.0) -> LineSearchResult:
         """Search along ``d`` from ``alpha0``; see the module docstring for ``phi``, ``f0``, ``dphi0``."""
@@ -113,6 +119,8 @@ class ArmijoBacktracking:
         >>> res.success, res.step_length
         (True, 0.125)
     """
+
+    uses_slope: ClassVar[bool] = False  # only phi(alpha); phi'(0) is given
 
     c1: float = 1e-4
     shrink: float = 0.5
@@ -254,6 +262,8 @@ class StrongWolfe:
         >>> res.success, res.step_length, res.evaluations
         (True, 1.0, 1)
     """
+
+    uses_slope: ClassVar[bool] = True
 
     c1: float = 1e-4
     c2: float = 0.9

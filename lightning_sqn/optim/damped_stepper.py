@@ -5,7 +5,10 @@ Optimization" listing: after CG on the damped quadratic model ``q(p) = g^T p + 1
 (warm-started, preconditioned; see :class:`~lightning_sqn.HessianFree`), this stepper
 
 1. evaluates the stored CG iterates from the last one backwards until one is worse than its successor
-   and keeps the best (CG backtracking, :func:`~lightning_sqn.krylov.cg.cg_backtrack`);
+   and keeps the best (CG backtracking, :func:`~lightning_sqn.krylov.cg.cg_backtrack`); these
+   evaluations, and the line search's when it reads no slopes (Armijo, the default), need only f: under
+   the ``sqn``/``ddp_sqn`` strategies they are forward passes
+   (:meth:`~lightning_sqn.optim.evaluation.Evaluation.loss_only`);
 2. forms ``rho = (f(x + p) - f(x)) / q(p)`` and updates lambda by the Levenberg-Marquardt rule
    (:class:`~lightning_sqn.globalization.damping.LevenbergMarquardt`);
 3. runs the line search along ``p`` from alpha = 1 (whose value step 1 already knows); no sufficient
@@ -64,8 +67,14 @@ class DampedStepper:
         cold_zero = res.iterates[0][0] == 0 and not warm  # CG took no step from x_0 = 0
         evaluated: dict[int, tuple[float, float, int]] = {}  # id(p) -> (f, dphi, evaluation index)
 
+        # CG backtracking needs f only, and so does a line search that reads no slope at its trials
+        # (Armijo): those points are loss-only evaluations (a forward pass under the sqn strategies)
+        slopes = self.line_search is not None and getattr(self.line_search, "uses_slope", True)
+
         def evaluate_at(direction: Tensor, alpha: float) -> tuple[float, float]:
             flat.set_params(torch.add(x, direction, alpha=alpha))
+            if not slopes:
+                return float(ev.loss_only(closure, g_trial)), math.nan
             f = float(ev(closure, g_trial))
             return f, float(g_trial @ direction)
 
@@ -110,6 +119,7 @@ class DampedStepper:
         stats = StepStats(
             loss=f0_t,
             closure_evals=ev.count,
+            loss_only_evals=ev.loss_only_count,
             accepted=accepted,
             step_norm=alpha * float(torch.linalg.vector_norm(p)),
             pair_stored=None,

@@ -105,8 +105,10 @@ class HessianFree(QuasiNewtonOptimizer):
     per CG iteration (plus one for a warm start's initial residual), the preconditioner (one forward and
     backward over K examples by the per-layer rule; far more by per-example gradients), and ``b + l``
     further closure evaluations (backtracking over stored iterates, then line-search trials other than
-    alpha = 1); ``last_step`` reports them (``closure_evals``, ``curvature_products``,
-    ``cg_iterations``).
+    alpha = 1), which need f only: under ``strategy="sqn"``/``"ddp_sqn"`` they are forward passes
+    (``loss_only_evals``) unless the line search reads slopes (e.g. :class:`StrongWolfe`); a plain
+    PyTorch closure computes its gradient anyway. ``last_step`` reports them (``closure_evals``,
+    ``loss_only_evals``, ``curvature_products``, ``cg_iterations``).
 
     ``last_step`` publishes ``damping`` (lambda used), ``rho``, ``cg_iterations``, ``cg_reason`` (a
     :class:`SolverStatus` code), ``backtrack_index`` (CG iteration of the chosen iterate),

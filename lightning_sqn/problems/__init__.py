@@ -7,12 +7,15 @@ from lightning_sqn.problems.convnets import resnet18, simple_cnn
 from lightning_sqn.problems.data import (
     BatchTransform,
     CIFAR10DataModule,
+    CurvesDataModule,
     DigitsDataModule,
+    FacesDataModule,
     FashionMNISTDataModule,
     MNISTDataModule,
     RandomCropFlip,
     TensorBatches,
     TensorDataModule,
+    make_curves,
     read_cifar10,
     read_cifar_npz,
     read_mnist,
@@ -28,7 +31,13 @@ from lightning_sqn.problems.models import (
 from lightning_sqn.problems.optimizers import OPTIMIZERS, PAPER_EXPERIMENTS, build_optimizer, needs_closure
 from lightning_sqn.problems.reconstruction import ReconstructionTask
 from lightning_sqn.problems.task import ClassificationTask, TrainingTask
-from lightning_sqn.problems.toy import TOY_WIDTHS, toy_sigmoid_network, toy_xor_data
+from lightning_sqn.problems.toy import (
+    TOY_WIDTHS,
+    ToyDataModule,
+    toy_sigmoid_network,
+    toy_sin_data,
+    toy_xor_data,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -38,19 +47,23 @@ __all__ = [
     "BatchTransform",
     "CIFAR10DataModule",
     "ClassificationTask",
+    "CurvesDataModule",
     "DigitsDataModule",
+    "FacesDataModule",
     "FashionMNISTDataModule",
     "MNISTDataModule",
     "RandomCropFlip",
     "ReconstructionTask",
     "TensorBatches",
     "TensorDataModule",
+    "ToyDataModule",
     "TrainingTask",
     "autoencoder",
     "build_optimizer",
     "digits_convnet",
     "lenet5_mnist",
     "lenet_cifar",
+    "make_curves",
     "mlp",
     "needs_closure",
     "read_cifar10",
@@ -61,5 +74,6 @@ __all__ = [
     "simple_cnn",
     "sparse_init_",
     "toy_sigmoid_network",
+    "toy_sin_data",
     "toy_xor_data",
 ]

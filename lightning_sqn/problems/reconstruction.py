@@ -37,7 +37,9 @@ class ReconstructionTask(TrainingTask):
     * ``train/squared_error`` per step: :math:`\frac{1}{b}\sum_i \|\sigma(h_w(x_i)) - x_i\|^2` on the
       step's batch at :math:`x_k` (the squared reconstruction error, summed over pixels and averaged over
       images, the measure of Martens' results table), and its epoch mean;
-    * ``test/loss`` and ``test/squared_error`` per epoch on the evaluation set.
+    * ``test/loss`` and ``test/squared_error`` per epoch on the evaluation set, and ``train_set/loss``,
+      ``train_set/squared_error`` on the whole training set at the epoch's end when the DataModule has
+      ``eval_train=True`` (the training-set column of Martens' table).
 
     Args:
         model: maps ``(N, ...)`` images to ``N`` logit vectors with as many entries as an image has pixels
@@ -60,8 +62,6 @@ class ReconstructionTask(TrainingTask):
         lr_gamma: float = 0.1,
     ) -> None:
         super().__init__(model, optimizer, optimizer_options, weight_decay, lr_milestones, lr_gamma)
-        self.val_loss = MeanMetric()
-        self.val_squared_error = MeanMetric()
 
     def _logits_and_target(self, x: Tensor) -> tuple[Tensor, Tensor]:
         target = x.flatten(1)
@@ -88,17 +88,17 @@ class ReconstructionTask(TrainingTask):
         return self(x).reshape(x.shape).sigmoid()
 
     # ------------------------------------------------------------------ evaluation
-    def eval_step(self, batch: tuple[Tensor, Tensor]) -> None:
+    def new_eval_metrics(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"loss": MeanMetric(), "squared_error": MeanMetric()})
+
+    def eval_step(self, batch: tuple[Tensor, Tensor], metrics: nn.ModuleDict) -> None:
         logits, target = self._logits_and_target(batch[0])
         n = target.shape[0]
-        self.val_loss.update(nn.functional.binary_cross_entropy_with_logits(logits, target), weight=n)
-        self.val_squared_error.update(self.squared_error(logits, target).mean(), weight=n)
+        metrics["loss"].update(nn.functional.binary_cross_entropy_with_logits(logits, target), weight=n)
+        metrics["squared_error"].update(self.squared_error(logits, target).mean(), weight=n)
 
-    def eval_epoch_end(self) -> None:
-        self.log("test/loss", self.val_loss.compute(), sync_dist=True)
-        self.log("test/squared_error", self.val_squared_error.compute(), sync_dist=True)
-        self.val_loss.reset()
-        self.val_squared_error.reset()
+    def eval_values(self, metrics: nn.ModuleDict) -> dict[str, Tensor]:
+        return {name: metric.compute() for name, metric in metrics.items()}
 
 
 __all__ = ["ReconstructionTask"]

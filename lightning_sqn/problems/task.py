@@ -42,6 +42,10 @@ from lightning_sqn.problems.optimizers import OPTIMIZERS, build_optimizer, needs
 OptimizerFactory: TypeAlias = Callable[[Iterable], torch.optim.Optimizer]
 
 
+#: the evaluation loaders' log prefixes by dataloader index: the test set (or the validation split), then
+#: the whole training set when the DataModule evaluates it (``TensorDataModule(eval_train=True)``)
+EVAL_PREFIXES: tuple[str, ...] = ("test", "train_set")
+
 _DOUBLE_DECAY = (
     "pass weight_decay to ClassificationTask(weight_decay=...), not to the optimizer: the task adds "
     "weight_decay/2 * ||w||^2 to the loss (the paper's L2), and a second decay inside the optimizer would "
@@ -62,7 +66,8 @@ class TrainingTask(pl.LightningModule):
       ranks under DDP; ``train/epoch_loss``: the mean of ``train/loss`` over the epoch's steps;
     * ``train/backprops`` per step: backpropagations so far, counted as Kohler, Adolphs & Lucchi do (a
       gradient or a Hessian- / Gauss-Newton-vector product each count one): ``optimizer.counters.backprops``
-      for this package's optimizers, one per training batch for any other optimizer;
+      for this package's optimizers, one per training batch for any other optimizer; for this package's
+      optimizers also ``train/curvature_products``, the Hessian- / Gauss-Newton-vector products so far;
     * ``train/epoch_time`` per epoch: wall-clock seconds of the training epoch, evaluation excluded
       (maximum over ranks), and ``train/time``: their running sum over the fit.
 
@@ -135,6 +140,8 @@ class TrainingTask(pl.LightningModule):
         if not lr_gamma > 0:
             raise ValueError(f"lr_gamma must be > 0, got {lr_gamma!r}")
         self.model = model
+        # per evaluated split: its metrics (test set, and the training set with eval_train=True)
+        self.eval_metrics = nn.ModuleDict({prefix: self.new_eval_metrics() for prefix in EVAL_PREFIXES})
         self._logged_batch: int | None = None
         self._train_time = 0.0
         self._batches = 0  # training batches seen: the backpropagations of a first-order optimizer
@@ -184,33 +191,57 @@ class TrainingTask(pl.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._batches += 1
         self.log("train/backprops", float(self.backprops), on_step=True, on_epoch=False)
+        products = self._counts("curvature_products")
+        if products is not None:
+            self.log("train/curvature_products", float(products), on_step=True, on_epoch=False)
 
     @property
     def backprops(self) -> int:
         """Backpropagations so far (see the class docstring)."""
+        known = self._counts("backprops")
+        return self._batches if known is None else known
+
+    def _counts(self, field: str) -> int | None:
+        """The sum of ``counters.<field>`` over the optimizers that keep counters (``None``: none does)."""
         counters = [getattr(_unwrap(o), "counters", None) for o in self._trainer_optimizers()]
-        known = [c.backprops for c in counters if c is not None]
-        return sum(known) if known else self._batches
+        known = [getattr(c, field) for c in counters if c is not None]
+        return sum(known) if known else None
 
     def _trainer_optimizers(self) -> list[Any]:
         trainer = self._trainer
         return list(trainer.optimizers) if trainer is not None else []
 
     # ------------------------------------------------------------------ evaluation
-    def eval_step(self, batch: Any) -> None:
-        """Accumulate the evaluation metrics of one batch (validation and test alike)."""
+    def new_eval_metrics(self) -> nn.ModuleDict:
+        """A fresh set of the evaluation metrics (one set per evaluated split, see :data:`EVAL_PREFIXES`)."""
         raise NotImplementedError
 
-    def eval_epoch_end(self) -> None:
-        """Log the evaluation metrics (``test/...``: the paper's test numbers come from Lightning's
-        validation loop over the test set) and reset them."""
+    def eval_step(self, batch: Any, metrics: nn.ModuleDict) -> None:
+        """Accumulate the evaluation metrics of one batch into ``metrics`` (validation and test alike)."""
         raise NotImplementedError
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.eval_step(batch)
+    def eval_values(self, metrics: nn.ModuleDict) -> dict[str, Tensor]:
+        """The values to log from accumulated ``metrics`` (names without the split's prefix)."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.eval_step(batch, self.eval_metrics[EVAL_PREFIXES[dataloader_idx]])
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.eval_step(batch)
+        self.eval_step(batch, self.eval_metrics[EVAL_PREFIXES[0]])
+
+    def eval_epoch_end(self) -> None:
+        """Log ``<prefix>/<name>`` for every split evaluated since the last call (``test/...``: the
+        paper's test numbers come from Lightning's validation loop over the test set; ``train_set/...``
+        with a DataModule's ``eval_train=True``) and reset the metrics. Every rank evaluates the same
+        splits, so the ``sync_dist`` reductions match."""
+        for prefix, metrics in self.eval_metrics.items():
+            if not any(m.update_count for m in metrics.values()):
+                continue
+            for name, value in self.eval_values(metrics).items():
+                self.log(f"{prefix}/{name}", value, sync_dist=True)
+            for m in metrics.values():
+                m.reset()
 
     def on_validation_epoch_end(self) -> None:
         self.eval_epoch_end()
@@ -254,6 +285,11 @@ class TrainingTask(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self._build_optimizer(self.parameters())
+        # Gauss-Newton products (Hessian-free) need the network's output: watch the network, which runs
+        # once per evaluation (under DDP the LightningModule itself is also called by the wrapper)
+        watch = getattr(optimizer, "watch_module", None)
+        if watch is not None:
+            watch(self.model)
         if self.hparams.lr_milestones is None:
             return optimizer
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
@@ -279,7 +315,9 @@ class ClassificationTask(TrainingTask):
       epoch's steps (``train/accuracy_epoch``);
     * ``test/error`` per epoch: misclassification rate in percent, :math:`100\,(1 - \text{accuracy})`,
       from ``MulticlassAccuracy(average="micro")`` over the whole evaluation set (states summed over ranks);
-    * ``test/loss`` per epoch: mean cross entropy over the evaluation set (without the L2 term).
+    * ``test/loss`` per epoch: mean cross entropy over the evaluation set (without the L2 term);
+    * ``train_set/error`` and ``train_set/loss``: the same over the whole training set at the epoch's end,
+      when the DataModule has ``eval_train=True``.
 
     Args:
         model: maps a batch of inputs to logits of shape ``(batch, num_classes)``.
@@ -309,9 +347,8 @@ class ClassificationTask(TrainingTask):
         lr_gamma: float = 0.1,
         num_classes: int = 10,
     ) -> None:
+        self._num_classes = num_classes
         super().__init__(model, optimizer, optimizer_options, weight_decay, lr_milestones, lr_gamma)
-        self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.val_loss = MeanMetric()
 
     def batch_loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch
@@ -320,19 +357,23 @@ class ClassificationTask(TrainingTask):
         return nn.functional.cross_entropy(logits, y), {"accuracy": accuracy}
 
     # ------------------------------------------------------------------ evaluation
-    def eval_step(self, batch: tuple[Tensor, Tensor]) -> None:
+    def new_eval_metrics(self) -> nn.ModuleDict:
+        return nn.ModuleDict(
+            {
+                "accuracy": MulticlassAccuracy(num_classes=self._num_classes, average="micro"),
+                "loss": MeanMetric(),
+            }
+        )
+
+    def eval_step(self, batch: tuple[Tensor, Tensor], metrics: nn.ModuleDict) -> None:
         x, y = batch
         logits = self(x)
-        self.val_accuracy.update(logits, y)
-        self.val_loss.update(nn.functional.cross_entropy(logits, y), weight=y.shape[0])
+        metrics["accuracy"].update(logits, y)
+        metrics["loss"].update(nn.functional.cross_entropy(logits, y), weight=y.shape[0])
 
-    def eval_epoch_end(self) -> None:
+    def eval_values(self, metrics: nn.ModuleDict) -> dict[str, Tensor]:
         # compute() reduces the metric states over ranks, so the logged numbers are global
-        error = 100.0 * (1.0 - self.val_accuracy.compute())
-        self.log("test/error", error, sync_dist=True)
-        self.log("test/loss", self.val_loss.compute(), sync_dist=True)
-        self.val_accuracy.reset()
-        self.val_loss.reset()
+        return {"error": 100.0 * (1.0 - metrics["accuracy"].compute()), "loss": metrics["loss"].compute()}
 
 
-__all__ = ["ClassificationTask", "OptimizerFactory", "TrainingTask"]
+__all__ = ["EVAL_PREFIXES", "ClassificationTask", "OptimizerFactory", "TrainingTask"]

@@ -29,6 +29,7 @@ from lightning_sqn.report.builder import RECIPE_FILE, ReportSpec, build_report
 from lightning_sqn.report.plots import plot_curves
 from lightning_sqn.report.scalars import (
     BACKPROPS_TAG,
+    CURVATURE_PRODUCTS_TAG,
     SKIPPED_EPOCH_TAG,
     SKIPPED_TOTAL_TAG,
     TIME_TAG,
@@ -97,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "BACKPROPS_TAG",
+    "CURVATURE_PRODUCTS_TAG",
     "RECIPE_FILE",
     "SKIPPED_EPOCH_TAG",
     "SKIPPED_TOTAL_TAG",

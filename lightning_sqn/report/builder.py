@@ -25,6 +25,7 @@ import yaml
 from lightning_sqn.report.plots import plot_curves
 from lightning_sqn.report.scalars import (
     BACKPROPS_TAG,
+    CURVATURE_PRODUCTS_TAG,
     SKIPPED_EPOCH_TAG,
     SKIPPED_TOTAL_TAG,
     TIME_TAG,
@@ -44,7 +45,15 @@ from lightning_sqn.report.tables import (
 #: the recipe as it was run, at the root of its logs (written by ``recipes/run.py fit``)
 RECIPE_FILE = "recipe_config.yaml"
 #: the x axes a report can draw and their labels
-X_AXES = {"epoch": "epoch", "time": "training wall time (s)", "backprops": "backpropagations"}
+X_AXES = {
+    "epoch": "epoch",
+    "time": "training wall time (s)",
+    "backprops": "backpropagations",
+    "step": "optimizer steps (iterations)",
+    "curvature_products": "curvature-vector products",
+}
+#: the count axes: the per-step cumulative scalar each is read from
+COUNT_TAGS = {"backprops": BACKPROPS_TAG, "curvature_products": CURVATURE_PRODUCTS_TAG}
 #: the epochs the per-epoch table shows when a run has more than a dozen (and always the last)
 EPOCH_COLUMNS = (1, 2, 3, 5, 10, 15, 20, 30, 50, 80, 100, 120, 150, 200)
 
@@ -57,8 +66,10 @@ class ReportSpec:
         title: the report's title.
         tag: the scalar reported (default ``test/error``).
         ylabel: its axis label (default: "test error (%)" for ``test/error``, else the tag).
-        x: the x axes of the curves: ``"epoch"``, ``"time"`` (training wall time) and/or
-            ``"backprops"`` (cumulative gradients + curvature-vector products, ``train/backprops``).
+        x: the x axes of the curves: ``"epoch"``, ``"time"`` (training wall time), ``"backprops"``
+            (cumulative gradients + curvature-vector products, ``train/backprops``), ``"step"``
+            (optimizer steps: Hessian-free iterations) and/or ``"curvature_products"``
+            (``train/curvature_products``).
         also: more tags drawn on the same x axes (figures only; the tables are the main tag's).
         targets: targets of the epochs-to-target table, in the tag's unit.
         paper_targets: ``{run: {str(target): epochs}}``, the paper's epochs next to ours.
@@ -163,19 +174,23 @@ def _figures(
         elif axis == "time":
             if axes["time"]:
                 figures.append(plot_curves(data, path, times=axes["time"], **kwargs))
+        elif axis == "step":
+            figures.append(
+                plot_curves(load_scalars(root, tag, x="step"), path, xlabel=X_AXES[axis], **kwargs)
+            )
         else:
-            counts = against(load_scalars(root, tag, x="step"), axes["backprops"])
+            counts = against(load_scalars(root, tag, x="step"), axes[axis])
             if counts:
                 figures.append(plot_curves(counts, path, xlabel=X_AXES[axis], **kwargs))
     return figures
 
 
 def _x_axes(root: Path, spec: ReportSpec) -> dict[str, Scalars]:
-    """The scalars the time and backprop axes of ``spec.x`` need (empty when not drawn)."""
-    return {
-        "time": load_scalars(root, TIME_TAG) if "time" in spec.x else {},
-        "backprops": load_scalars(root, BACKPROPS_TAG, x="step") if "backprops" in spec.x else {},
-    }
+    """The scalars the time and count axes of ``spec.x`` need (empty when not drawn)."""
+    axes = {"time": load_scalars(root, TIME_TAG) if "time" in spec.x else {}}
+    for axis, tag in COUNT_TAGS.items():
+        axes[axis] = load_scalars(root, tag, x="step") if axis in spec.x else {}
+    return axes
 
 
 def paper_note(paper: Any, group: str | None, run: str) -> str:

@@ -35,6 +35,8 @@ Scalars = dict[str, dict[Seed, Series]]
 TIME_TAG = "train/time"
 #: the cumulative backpropagations (gradients + curvature-vector products) logged per step by the tasks
 BACKPROPS_TAG = "train/backprops"
+#: cumulative curvature-vector products (Hessian- or Gauss-Newton-vector) per step, logged by the tasks
+CURVATURE_PRODUCTS_TAG = "train/curvature_products"
 #: the cumulative skipped-update percentage logged by SkippedUpdateCounter (default prefix "sqn/")
 SKIPPED_TOTAL_TAG = "sqn/skipped_updates_total_pct"
 #: the per-epoch skipped-update percentage logged by SkippedUpdateCounter

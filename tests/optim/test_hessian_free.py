@@ -441,3 +441,66 @@ def test_lightning_fit_with_monitoring_callbacks(tmp_path, curvature: str) -> No
         assert float(r["sqn/cg_reason"]) in {int(k) for k in SolverStatus}
     epoch_rows = [r for r in rows if r.get("sqn/skipped_updates")]
     assert epoch_rows and all(float(r["sqn/skipped_updates"]) == 0.0 for r in epoch_rows)
+
+
+def fit_recording_grad_modes(make_optimizer, steps: int = 4):
+    """Fit :class:`_Classifier` under ``strategy="sqn"`` for ``steps`` steps (batches of 16 of 64 points),
+    recording ``torch.is_grad_enabled()`` at every forward of the network; returns the module, the
+    Trainer, the recorded modes and the data ``(X, y)``."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 4, generator=g)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0.5).long()
+    model = _Classifier(make_optimizer)
+    grad_modes: list[bool] = []
+    model.net.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        strategy="sqn",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, DataLoader(TensorDataset(X, y), batch_size=16))
+    return model, trainer, grad_modes, (X, y)
+
+
+@pytest.mark.parametrize("line_search", ["default", "strong_wolfe"])
+def test_lightning_backtracking_and_armijo_trials_are_forward_passes(line_search: str) -> None:
+    """Under ``strategy="sqn"`` the evaluations after the gradient's (CG backtracking, Armijo trials) need
+    only f: they run without autograd and without a backward pass, and the run takes exactly the plain
+    PyTorch run's parameters and decisions (whose closure computes those gradients anyway). A line
+    search that reads slopes (strong Wolfe) keeps full evaluations."""
+    search = lightning_sqn.StrongWolfe() if line_search == "strong_wolfe" else "default"
+
+    def make(p):
+        return lightning_sqn.HessianFree(p, loss="cross_entropy", damping=0.1, line_search=search)
+
+    model, trainer, grad_modes, (X, y) = fit_recording_grad_modes(make)
+    counters = trainer.optimizers[0].counters
+    if line_search == "default":
+        assert counters.loss_only_evals == counters.closure_evals - counters.steps > 0
+        assert grad_modes.count(False) == counters.loss_only_evals
+    else:
+        assert counters.loss_only_evals == 0 and False not in grad_modes
+    assert (
+        counters.backprops == counters.closure_evals - counters.loss_only_evals + counters.curvature_products
+    )
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = make(net.parameters())
+    opt.watch_module(net)
+    for xb, yb in DataLoader(TensorDataset(X, y), batch_size=16):
+        opt.step(_closure(opt, net, xb, yb))
+    plain = opt.counters
+    assert plain.loss_only_evals == 0
+    fields = ("steps", "closure_evals", "accepted_steps", "curvature_products")
+    assert [getattr(plain, f) for f in fields] == [getattr(counters, f) for f in fields]
+    torch.testing.assert_close(
+        torch.cat([p.flatten() for p in net.parameters()]),
+        torch.cat([p.flatten() for p in model.net.parameters()]),
+        rtol=0,
+        atol=0,
+    )

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 from registry import CountingClosure, backward, make_batches, make_mlp, minimize_rosenbrock
-from test_hessian_free import _Classifier, lightning_fit
+from test_hessian_free import fit_recording_grad_modes, lightning_fit
 from torch import Tensor, nn
 
 import lightning_sqn
@@ -139,26 +139,10 @@ def test_lightning_trial_point_is_a_forward_pass_with_the_plain_step_s_result() 
     """Under ``strategy="sqn"`` the trial point's evaluation computes only the loss (no backward pass;
     the method uses no gradient there): the same parameters and decisions as plain PyTorch, whose
     closure computes that gradient anyway, and one backpropagation less per step in the counters."""
-    import lightning
     from torch.utils.data import DataLoader, TensorDataset
 
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(64, 4, generator=g)
-    y = (X[:, 0] > 0).long() + (X[:, 1] > 0.5).long()
     make = lambda p: lightning_sqn.TrustRegionNewton(p, norm="rmsprop", initial_radius=1.0)  # noqa: E731
-    model = _Classifier(make)
-    grad_modes: list[bool] = []
-    model.net.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
-    trainer = lightning.Trainer(
-        accelerator="cpu",
-        strategy="sqn",
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, DataLoader(TensorDataset(X, y), batch_size=16))
+    model, trainer, grad_modes, (X, y) = fit_recording_grad_modes(make)
     counters = trainer.optimizers[0].counters
     # x_k with autograd (its graph feeds the Hessian-vector products), the trial point without
     assert grad_modes == [True, False] * 4

@@ -163,6 +163,9 @@ def test_backprops_count_gradients_and_curvature_products(tmp_path) -> None:
     counters = trainer.optimizers[0].counters
     assert counters.loss_only_evals == counters.steps == 8
     assert counters.backprops == expected[-1] == counters.closure_evals - 8 + counters.curvature_products
+    products = load_scalars(tmp_path / "trn", "train/curvature_products", x="step")["run"][0][1]
+    assert len(products) == 8 and products[-1] == counters.curvature_products > 0
+    assert load_scalars(tmp_path / "sgd", "train/curvature_products") == {}  # torch.optim: no counters
 
 
 def test_counters_load_states_saved_before_curvature_products_existed() -> None:

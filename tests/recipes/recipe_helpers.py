@@ -42,7 +42,8 @@ def _idx(array: np.ndarray) -> bytes:
 def write_fake_data(root: Path, seed: int = 0) -> Path:
     """``<root>/{MNIST,FashionMNIST}/raw/*-ubyte.gz`` and
     ``<root>/cifar10/{train_first4000,test_first1000}.npz`` (the subset layout) with ``N_TRAIN`` /
-    ``N_TEST`` random images whose label shifts their brightness."""
+    ``N_TEST`` random images whose label shifts their brightness, and ``<root>/FACES/{train,test}.npz``
+    (random 625-pixel images in [0, 1])."""
     rng = np.random.default_rng(seed)
     for folder in ("MNIST", "FashionMNIST"):
         raw = root / folder / "raw"
@@ -58,4 +59,8 @@ def write_fake_data(root: Path, seed: int = 0) -> Path:
         labels = rng.integers(0, 10, n).astype(np.int64)
         images = (rng.integers(0, 100, (n, 32, 32, 3)) + 15 * labels[:, None, None, None]).astype(np.uint8)
         np.savez(cifar / f"{name}.npz", images=images, labels=labels)
+    faces = root / "FACES"  # the layout FacesDataModule reads (a user supplies the real set)
+    faces.mkdir()
+    for name, n in (("train", N_TRAIN), ("test", N_TEST)):
+        np.savez(faces / f"{name}.npz", x=rng.random((n, 625), dtype=np.float32))
     return root

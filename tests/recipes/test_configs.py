@@ -30,7 +30,19 @@ PAPER = "lsr1_ramamurthy2017"
 
 
 def test_one_folder_per_paper_with_its_experiments() -> None:
-    assert sorted({n.split("/")[0] for n in NAMES}) == ["ellipsoidal_tr_kohler2019", PAPER]
+    assert sorted({n.split("/")[0] for n in NAMES}) == [
+        "ellipsoidal_tr_kohler2019",
+        "hessian_free_martens2010",
+        PAPER,
+        "sampled_qn_berahas",
+    ]
+    assert {n for n in NAMES if not n.startswith(("ellipsoidal", PAPER))} == {
+        "hessian_free_martens2010/autoencoders/mnist",
+        "hessian_free_martens2010/autoencoders/curves",
+        "hessian_free_martens2010/autoencoders/faces",
+        "sampled_qn_berahas/toy_sin/toy",
+        "sampled_qn_berahas/mnist/mnist",
+    }
     assert sorted({n.split("/")[1] for n in NAMES if n.startswith(PAPER)}) == [
         "fig1_mnist_lenet",
         "fig2_cifar_lenet",
@@ -81,14 +93,16 @@ def test_config_instantiates(path, preset, fake_data) -> None:
         # smoke: instantiate through LightningCLI, a forward pass on the fake data, the Trainer's callbacks
         cli, _ = instantiate(spec.settings, seed=0, data_dir=fake_data)
         task, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
-        assert datamodule.batch_size == spec.settings["data"]["init_args"]["batch_size"]
+        # the toy problem's batch is its whole set (100 points)
+        assert datamodule.batch_size == spec.settings["data"]["init_args"].get("batch_size", 100)
         datamodule.setup("fit")
         x, _ = next(iter(datamodule.train_dataloader()))
         out = task(x)
         assert out.shape[0] == x.shape[0] and out[0].numel() in (
             10,
+            2,
             x[0].numel(),
-        )  # logits or a reconstruction
+        )  # logits (10 classes, or the toy problem's 2) or a reconstruction
         names = {type(c).__name__ for c in trainer.callbacks}
         assert names & {"TrustRegionMonitor", "SkippedUpdateCounter"} == set(
             monitors(optimizer_of(spec.settings))

@@ -60,7 +60,8 @@ def test_smoke_preset_runs_end_to_end(smoke, name) -> None:
         seed_dir = out / name / spec.name / "seed_0"
         summary = json.loads((seed_dir / "summary.json").read_text())
         assert summary["preset"] == "smoke" and summary["epochs"] == 2
-        assert summary["batch_size"] == spec.settings["data"]["init_args"]["batch_size"]
+        data_args = spec.settings["data"]["init_args"]
+        assert summary["batch_size"] == data_args.get("batch_size", 100)  # the toy problem: 100 points
         assert (seed_dir / "recipe.yaml").is_file()
         epochs, values = values_of[spec.name][0]
         assert epochs.tolist() == [1, 2] and np.isfinite(values).all()
@@ -72,9 +73,15 @@ def test_smoke_preset_runs_end_to_end(smoke, name) -> None:
             assert summary["counters"]["steps"] == summary["global_steps"] > 0
             c = summary["counters"]
             assert counts[-1] == c["closure_evals"] - c["loss_only_evals"] + c["curvature_products"]
-            # trust-region Newton's trial point is a forward pass (one per step); L-SR1's is a gradient
-            newton = optimizer_of(spec.settings)["class_path"] == "lightning_sqn.TrustRegionNewton"
-            assert c["loss_only_evals"] == (c["steps"] if newton else 0)
+            # trust-region Newton's trial point is a forward pass (one per step), and so are Hessian-free's
+            # backtracking and Armijo trials (every evaluation but the gradient's); L-SR1's is a gradient
+            kind = optimizer_of(spec.settings)["class_path"]
+            if kind == "lightning_sqn.TrustRegionNewton":
+                assert c["loss_only_evals"] == c["steps"]
+            elif kind == "lightning_sqn.HessianFree":
+                assert c["loss_only_evals"] == c["closure_evals"] - c["steps"] > 0
+            else:
+                assert c["loss_only_evals"] == 0
         else:
             assert counts.tolist() == list(range(1, summary["global_steps"] + 1))  # one per batch
     keeping = [s.name for s in specs if "SkippedUpdateCounter" in monitors(optimizer_of(s.settings))]
@@ -89,7 +96,13 @@ def test_smoke_preset_runs_end_to_end(smoke, name) -> None:
                 ]
                 <= 100
             )
-    trust_region = ("lightning_sqn.LSR1", "lightning_sqn.TrustRegionNewton")  # L-BFGS: a line search
+    # L-BFGS, BFGS, S-LBFGS: a line search (the recipes use SR1 and L-SR1 in their trust-region form)
+    trust_region = (
+        "lightning_sqn.LSR1",
+        "lightning_sqn.SR1",
+        "lightning_sqn.SampledLSR1",
+        "lightning_sqn.TrustRegionNewton",
+    )
     radius = [s.name for s in specs if optimizer_of(s.settings)["class_path"] in trust_region]
     assert sorted(load_scalars(out / name, "sqn/radius")) == sorted(radius)
 
@@ -218,3 +231,22 @@ def test_stop_below_ends_the_run_at_the_first_epoch_under_the_threshold(tmp_path
     assert summary["epochs"] == 1
     epochs, _ = load_scalars(tmp_path / FIG1, "test/error")["no_bn/nag"][0]
     assert epochs.tolist() == [1]
+
+
+def test_report_of_hessian_free_draws_iterations_and_curvature_products(smoke, fake_data, capsys) -> None:
+    """The autoencoder report: the test and training-set squared errors against HF iterations (optimizer
+    steps), curvature products, epochs and seconds, the damping and CG logs in TensorBoard, and the
+    reconstruction grid from the saved weights."""
+    name = "hessian_free_martens2010/autoencoders/mnist"
+    out = smoke(name)
+    assert RUNNER.main(["report", name, "--out", str(out), "--data-dir", str(fake_data)]) == 0
+    report_dir = out / name / "report"
+    for tag in ("test_squared_error", "train_set_squared_error"):
+        for axis in ("step", "curvature_products", "epoch", "time"):
+            _png(report_dir / f"{tag}_{axis}.png")
+    steps, products = load_scalars(out / name, "train/curvature_products", x="step")["hf"][0]
+    assert steps.tolist() == [0, 1, 2, 3] and (np.diff(products) > 0).all()
+    for tag in ("sqn/damping", "sqn/cg_iterations", "sqn/cg_reason"):
+        assert len(load_scalars(out / name, tag, x="step")["hf"][0][1]) == 4, tag
+    assert list(report_dir.glob("*reconstructions*.png"))
+    capsys.readouterr()

@@ -48,6 +48,9 @@ class TensorDataModule(LightningDataModule):
         seed: seeds the permutations, the validation hold-out and the augmentation.
         dtype: floating dtype of the inputs (and of floating targets).
         train_transform: batched augmentation of training inputs (e.g. :class:`RandomCropFlip`).
+        eval_train: also evaluate the whole training set (unshuffled, unaugmented, ``eval_batch_size``)
+            after every epoch: ``val_dataloader()`` then returns ``[test or validation, training set]``,
+            which the recipes' tasks log as ``test/...`` and ``train_set/...``.
 
     Raises:
         ValueError: on bad subset or split sizes (at ``setup``), and on a batch size not divisible by the
@@ -70,6 +73,7 @@ class TensorDataModule(LightningDataModule):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
         train_transform: BatchTransform | None = None,
+        eval_train: bool = False,
     ) -> None:
         super().__init__()
         check_batch_size(batch_size, 1)
@@ -95,6 +99,9 @@ class TensorDataModule(LightningDataModule):
         self.seed = seed
         self.dtype = dtype
         self.train_transform = train_transform
+        if not isinstance(eval_train, bool):
+            raise ValueError(f"eval_train must be True or False, got {eval_train!r}")
+        self.eval_train = eval_train
         self.rank = 0
         self.world_size = 1
         self._splits: dict[str, Split] | None = None
@@ -207,14 +214,22 @@ class TensorDataModule(LightningDataModule):
 
     def val_dataloader(self) -> TensorBatches | list[Any]:
         """The validation split if there is one, else the test set; ``[]`` without either (Lightning then
-        warns about an empty loader unless ``Trainer(limit_val_batches=0)``)."""
+        warns about an empty loader unless ``Trainer(limit_val_batches=0)``). With ``eval_train``: that
+        loader and then the whole training set in its order.
+
+        Raises:
+            ValueError: ``eval_train`` without a validation or test split (the training set must come
+                second, where the tasks expect it).
+        """
         if self._splits is None:
             self.setup()
         assert self._splits is not None
-        for name in ("val", "test"):
-            if name in self._splits:
-                return self._batches(name, train=False)
-        return []
+        held_out = [self._batches(name, train=False) for name in ("val", "test") if name in self._splits][:1]
+        if not self.eval_train:
+            return held_out[0] if held_out else []
+        if not held_out:
+            raise ValueError(f"{type(self).__name__}(eval_train=True) needs a test or validation split")
+        return [held_out[0], self._batches("train", train=False)]
 
     def test_dataloader(self) -> TensorBatches:
         """The test set in its order."""
