@@ -146,7 +146,7 @@ def _figures(out: Path, group: str, curves: dict[str, list[dict]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = plt.get_cmap("tab20").colors
+    colors = [*plt.get_cmap("tab10").colors, "black", "darkgoldenrod", "lime"]
     for axis, label in (
         ("iterations", "iteration"),
         ("backprops", "backpropagations"),
@@ -164,8 +164,8 @@ def _figures(out: Path, group: str, curves: dict[str, list[dict]]) -> None:
                     xs = grid
                 q1, med, q3 = np.percentile(ys, [25, 50, 75], axis=0)
                 style = "-" if run in SAMPLED else "--"
-                ax.plot(xs, med, style, color=colors[i % 20], label=run, lw=1.4)
-                ax.fill_between(xs, q1, q3, color=colors[i % 20], alpha=0.15)
+                ax.plot(xs, med, style, color=colors[i % len(colors)], label=run, lw=1.4)
+                ax.fill_between(xs, q1, q3, color=colors[i % len(colors)], alpha=0.15)
         left.set_ylabel("training accuracy (%)")
         right.set_ylabel("training loss")
         right.set_yscale("log")
@@ -174,6 +174,7 @@ def _figures(out: Path, group: str, curves: dict[str, list[dict]]) -> None:
             ax.grid(alpha=0.3)
             if axis != "iterations":
                 ax.set_xscale("symlog", linthresh=1.0 if axis == "backprops" else 1e-2)
+            ax.set_xlim(left=0.0)
         left.legend(fontsize=7, ncol=2)
         d = next(iter(curves.values()))[0]["d"]
         fig.suptitle(f"sin problem, {group} network (d = {d}): median over seeds, 25-75% band")
