@@ -49,7 +49,7 @@ X_AXES = {
     "epoch": "epoch",
     "time": "training wall time (s)",
     "backprops": "backpropagations",
-    "step": "optimizer steps (iterations)",
+    "step": "optimizer steps (iterations) done",
     "curvature_products": "curvature-vector products",
 }
 #: the count axes: the per-step cumulative scalar each is read from
@@ -174,10 +174,12 @@ def _figures(
         elif axis == "time":
             if axes["time"]:
                 figures.append(plot_curves(data, path, times=axes["time"], **kwargs))
-        elif axis == "step":
-            figures.append(
-                plot_curves(load_scalars(root, tag, x="step"), path, xlabel=X_AXES[axis], **kwargs)
-            )
+        elif axis == "step":  # Lightning logs after step k (0-based) at step k: k + 1 steps are done
+            done = {
+                run: {seed: (xs + 1, ys) for seed, (xs, ys) in seeds.items()}
+                for run, seeds in load_scalars(root, tag, x="step").items()
+            }
+            figures.append(plot_curves(done, path, xlabel=X_AXES[axis], **kwargs))
         else:
             counts = against(load_scalars(root, tag, x="step"), axes[axis])
             if counts:
