@@ -45,7 +45,7 @@ from lightning_sqn.recipes.config import (
     seeds_of,
     select,
 )
-from lightning_sqn.recipes.fit import fit_one, global_rank, prepare_log_dir
+from lightning_sqn.recipes.fit import fit_one, global_rank, prepare_log_dir, reads_files
 from lightning_sqn.recipes.reconstructions import reconstruction_grid
 from lightning_sqn.report import RECIPE_FILE, ReportSpec, build_report
 
@@ -118,15 +118,17 @@ def report(args: argparse.Namespace) -> int:
         root = args.out / config["name"]
         text = build_report(root, spec=spec)
         if spec.reconstructions:
-            text += _reconstructions(root, spec, args.data_dir)
+            files = any(reads_files(s.settings) for s in expand(config))
+            text += _reconstructions(root, spec, args.data_dir, files)
             (root / "report" / "report.md").write_text(text, encoding="utf-8")
         print(text)
     return 0
 
 
-def _reconstructions(root: Path, spec: ReportSpec, data_dir: str | None) -> str:
-    """The reconstruction grid of an autoencoder recipe's runs and its report section."""
-    if data_dir is None:
+def _reconstructions(root: Path, spec: ReportSpec, data_dir: str | None, reads_files: bool) -> str:
+    """The reconstruction grid of an autoencoder recipe's runs and its report section (the test images
+    come from ``data_dir`` when the recipe's DataModule reads files, else they are generated)."""
+    if data_dir is None and reads_files:
         return "\n## Reconstructions\n\nNot drawn: pass --data-dir (the test images).\n"
     path = reconstruction_grid(
         root, root / "report" / "reconstructions.png", data_dir, spec.reconstructions, spec.runs

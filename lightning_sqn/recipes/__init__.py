@@ -25,6 +25,7 @@ from lightning_sqn.recipes.fit import (
     monitors,
     needs_closure,
     optimizer_of,
+    reads_files,
     strategy_for,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "monitors",
     "needs_closure",
     "optimizer_of",
+    "reads_files",
     "seeds_of",
     "select",
     "strategy_for",

@@ -96,6 +96,12 @@ def _takes(class_path: str, argument: str) -> bool:
     return argument in inspect.signature(_import(class_path)).parameters
 
 
+def reads_files(settings: Mapping[str, Any]) -> bool:
+    """Whether a run's DataModule reads files (takes ``data_dir``); generated data (CURVES, the toy
+    problem) does not."""
+    return _takes(settings["data"]["class_path"], "data_dir")
+
+
 def lightning_config(
     settings: Mapping[str, Any],
     *,
@@ -314,5 +320,6 @@ __all__ = [
     "needs_closure",
     "optimizer_of",
     "prepare_log_dir",
+    "reads_files",
     "strategy_for",
 ]

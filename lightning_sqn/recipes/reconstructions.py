@@ -3,7 +3,8 @@ first test images on the top row and each run's reconstructions of them below.
 
 Each run is rebuilt from its ``recipe.yaml`` (the settings it trained with) through
 :func:`~lightning_sqn.recipes.fit.instantiate` and loads the ``final_weights.pt`` its fit saved; the test
-images come from the run's own DataModule (so ``data_dir`` must hold the data the run trained on).
+images come from the run's own DataModule (so ``data_dir`` must hold the data the run trained on; ``None``
+for generated data such as CURVES).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def trained_runs(root: Path, order: Sequence[str] = ()) -> dict[str, Path]:
     )
 
 
-def load_trained(folder: Path, data_dir: str | Path) -> tuple[Any, Any]:
+def load_trained(folder: Path, data_dir: str | Path | None) -> tuple[Any, Any]:
     """The task of the run whose seed folder is ``folder``, with its final weights (eval mode), and its
     DataModule set up for testing."""
     settings = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8"))
@@ -43,7 +44,11 @@ def load_trained(folder: Path, data_dir: str | Path) -> tuple[Any, Any]:
 
 
 def reconstruction_grid(
-    root: str | Path, path: str | Path, data_dir: str | Path, count: int = 10, order: Sequence[str] = ()
+    root: str | Path,
+    path: str | Path,
+    data_dir: str | Path | None,
+    count: int = 10,
+    order: Sequence[str] = (),
 ) -> Path | None:
     """Draw ``count`` test images and every trained run's reconstruction of them into ``path``; ``None``
     when no run under ``root`` saved weights.

@@ -250,3 +250,12 @@ def test_report_of_hessian_free_draws_iterations_and_curvature_products(smoke, f
         assert len(load_scalars(out / name, tag, x="step")["hf"][0][1]) == 4, tag
     assert list(report_dir.glob("*reconstructions*.png"))
     capsys.readouterr()
+
+
+def test_report_draws_generated_data_reconstructions_without_data_dir(smoke, capsys) -> None:
+    """CURVES is generated, so its reconstruction grid needs no ``--data-dir``; MNIST's does."""
+    name = "hessian_free_martens2010/autoencoders/curves"
+    out = smoke(name)
+    assert RUNNER.main(["report", name, "--out", str(out)]) == 0
+    _png(out / name / "report" / "reconstructions.png")
+    assert "Not drawn" not in capsys.readouterr().out
