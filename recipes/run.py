@@ -125,10 +125,10 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reconstructions(root: Path, spec: ReportSpec, data_dir: str | None, reads_files: bool) -> str:
+def _reconstructions(root: Path, spec: ReportSpec, data_dir: str | None, needs_data_dir: bool) -> str:
     """The reconstruction grid of an autoencoder recipe's runs and its report section (the test images
     come from ``data_dir`` when the recipe's DataModule reads files, else they are generated)."""
-    if data_dir is None and reads_files:
+    if data_dir is None and needs_data_dir:
         return "\n## Reconstructions\n\nNot drawn: pass --data-dir (the test images).\n"
     path = reconstruction_grid(
         root, root / "report" / "reconstructions.png", data_dir, spec.reconstructions, spec.runs

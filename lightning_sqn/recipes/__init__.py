@@ -20,6 +20,7 @@ from lightning_sqn.recipes.config import (
 )
 from lightning_sqn.recipes.fit import (
     fit_one,
+    import_class,
     instantiate,
     lightning_config,
     monitors,
@@ -38,6 +39,7 @@ __all__ = [
     "expand",
     "find_configs",
     "fit_one",
+    "import_class",
     "instantiate",
     "lightning_config",
     "load_config",

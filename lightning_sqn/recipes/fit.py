@@ -39,7 +39,8 @@ TRAINER_DEFAULTS = {
 }
 
 
-def _import(class_path: str) -> Any:
+def import_class(class_path: str) -> Any:
+    """The class (or function) a config's ``class_path`` names."""
     module, _, name = class_path.rpartition(".")
     if not module:
         raise ValueError(f"class_path must be a dotted path (module.Name), got {class_path!r}")
@@ -53,7 +54,7 @@ def _optimizer_class(optimizer: Any) -> type | None:
         return OPTIMIZERS[optimizer].cls if optimizer in OPTIMIZERS else None
     if not isinstance(optimizer, Mapping) or "class_path" not in optimizer:
         raise ValueError(f"model.init_args.optimizer must be a name or have a class_path, got {optimizer!r}")
-    cls = _import(str(optimizer["class_path"]))
+    cls = import_class(str(optimizer["class_path"]))
     return cls if isinstance(cls, type) else None
 
 
@@ -93,7 +94,7 @@ def strategy_for(closure: bool, devices: int) -> str:
 
 
 def _takes(class_path: str, argument: str) -> bool:
-    return argument in inspect.signature(_import(class_path)).parameters
+    return argument in inspect.signature(import_class(class_path)).parameters
 
 
 def reads_files(settings: Mapping[str, Any]) -> bool:
@@ -314,6 +315,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "fit_one",
     "global_rank",
+    "import_class",
     "instantiate",
     "lightning_config",
     "monitors",

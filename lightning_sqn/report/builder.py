@@ -167,6 +167,8 @@ def _figures(
     stem = _file_stem(tag)
     figures = []
     kwargs = {"ylabel": ylabel, "title": title, "logy": spec.logy}
+    # the tag by logged step, read once for the step and count axes
+    by_step = load_scalars(root, tag, x="step") if set(spec.x) - {"epoch", "time"} else {}
     for axis in spec.x:
         path = out / f"{prefix}{stem}_{axis}.png"
         if axis == "epoch":
@@ -177,11 +179,11 @@ def _figures(
         elif axis == "step":  # Lightning logs after step k (0-based) at step k: k + 1 steps are done
             done = {
                 run: {seed: (xs + 1, ys) for seed, (xs, ys) in seeds.items()}
-                for run, seeds in load_scalars(root, tag, x="step").items()
+                for run, seeds in by_step.items()
             }
             figures.append(plot_curves(done, path, xlabel=X_AXES[axis], **kwargs))
         else:
-            counts = against(load_scalars(root, tag, x="step"), axes[axis])
+            counts = against(by_step, axes[axis])
             if counts:
                 figures.append(plot_curves(counts, path, xlabel=X_AXES[axis], **kwargs))
     return figures

@@ -42,6 +42,7 @@ def test_curves_pass_through_their_three_control_points() -> None:
     inked = (images > 0.5).flatten(1).sum(1).double()
     assert 5 <= float(inked.min()) and float(inked.max()) < 0.25 * CURVES_SIDE**2
     assert torch.equal(images, make_curves(n, seed, width=width, margin=margin))
+    assert torch.equal(images, make_curves(n, seed, width=width, margin=margin, chunk=7))  # chunking
     assert not torch.equal(images, make_curves(n, seed + 1, width=width, margin=margin))
 
 
@@ -52,6 +53,7 @@ def test_curves_pass_through_their_three_control_points() -> None:
         (dict(width=0.0), "width"),
         (dict(margin=14.0), "margin"),
         (dict(samples=2), "samples"),
+        (dict(chunk=0), "chunk"),
     ],
 )
 def test_make_curves_rejects_bad_arguments(kwargs, match) -> None:

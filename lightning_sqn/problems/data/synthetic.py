@@ -69,6 +69,8 @@ def make_curves(
         raise ValueError(f"margin must be in [0, {(CURVES_SIDE - 1) / 2}), got {margin!r}")
     if not isinstance(samples, int) or samples < 3:
         raise ValueError(f"samples must be an integer >= 3, got {samples!r}")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
     g = torch.Generator().manual_seed(seed)
     span = CURVES_SIDE - 1 - 2 * margin
     points = margin + span * torch.rand(n, 3, 2, generator=g, dtype=torch.float64)  # (n, P_i, (x, y))

@@ -35,26 +35,25 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, hessian
+from torch.func import hessian
 
 import lightning_sqn as sqn
+from lightning_sqn._flat import FlatParams, FunctionalModule
 from lightning_sqn.problems.toy import TOY_WIDTHS, toy_sigmoid_network, toy_sin_data
 from lightning_sqn.qn.dense import DenseSR1
 from lightning_sqn.qn.lsr1 import LSR1Matrix
 
 MEMORY = 10
-MATRICES = ("true Hessian", "SR1", "L-SR1", "S-LSR1")
 
 
 def flat_loss(model: nn.Module, X: Tensor, y: Tensor):
-    """f(w) over the flat parameter vector w (the order of ``model.parameters()``)."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
+    """f(w) over the flat parameter vector w (the order of ``model.parameters()``), through the package's
+    functional adapter (:class:`~lightning_sqn._flat.FunctionalModule`)."""
+    flat = FlatParams(list(model.parameters()))
+    network = FunctionalModule(model, flat)
 
     def f(w: Tensor) -> Tensor:
-        params = {n: t.reshape(s) for n, t, s in zip(names, torch.split(w, sizes), shapes, strict=True)}
-        return nn.functional.cross_entropy(functional_call(model, params, (X,)), y)
+        return nn.functional.cross_entropy(network(tuple(flat.unflatten(w)), X), y)
 
     return f
 
@@ -125,8 +124,8 @@ def matrices_at(
     return {"true Hessian": H, "SR1": sr1.to_dense(), "L-SR1": lsr1.to_dense(), "S-LSR1": sampled.to_dense()}
 
 
-def measures(B: Tensor, H: Tensor, top: int = 5) -> dict[str, float]:
-    eb, eh = torch.linalg.eigvalsh(0.5 * (B + B.T)), torch.linalg.eigvalsh(H)
+def measures(B: Tensor, H: Tensor, eb: Tensor, eh: Tensor, top: int = 5) -> dict[str, float]:
+    """The table's measures of B against H, from their eigenvalues ``eb`` and ``eh`` (ascending)."""
     big_b = eb[eb.abs().argsort(descending=True)][:top]
     big_h = eh[eh.abs().argsort(descending=True)][:top]
     return {
@@ -148,9 +147,10 @@ def study(size: str, seed: int, iters: int, out: Path) -> list[str]:
     for name, k in points(fs, accs).items():
         mats = matrices_at(k, f, xs, gs, generator)
         H = mats["true Hessian"]
-        spectra[name] = (k, {m: torch.linalg.eigvalsh(0.5 * (B + B.T)) for m, B in mats.items()})
+        eigs = {m: torch.linalg.eigvalsh(0.5 * (B + B.T)) for m, B in mats.items()}
+        spectra[name] = (k, eigs)
         for m, B in mats.items():
-            r = measures(B, H)
+            r = measures(B, H, eigs[m], eigs["true Hessian"])
             rows.append(
                 f"| {size} ({d}) | {name}: k = {k}, f = {fs[k]:.3g}, acc {accs[k]:.0f}% | {m} | "
                 f"{r['lambda_min']:.3g} | {r['lambda_max']:.3g} | {r['negative']} | "

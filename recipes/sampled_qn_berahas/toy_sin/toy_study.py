@@ -24,7 +24,6 @@ and ``OUT/toy_<group>_{iterations,backprops,seconds}.png`` (median training accu
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 import warnings
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_sqn.recipes import expand, find_configs, load_config, select
+from lightning_sqn.recipes import expand, find_configs, import_class, load_config, select
 
 RECIPES = Path(__file__).resolve().parents[2]
 CONFIG = "sampled_qn_berahas/toy_sin/toy"
@@ -44,8 +43,8 @@ SAMPLED = ("slsr1_I", "slsr1_II", "slbfgs_II")
 
 
 def _build(spec: dict[str, Any], *args: Any) -> Any:
-    module, _, name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(*args, **(spec.get("init_args") or {}))
+    """``class_path(*args, **init_args)`` of a config entry."""
+    return import_class(spec["class_path"])(*args, **(spec.get("init_args") or {}))
 
 
 def run_one(settings: dict[str, Any], seed: int) -> dict[str, Any]:
