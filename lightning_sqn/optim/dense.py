@@ -22,25 +22,78 @@ from lightning_sqn.globalization.linesearch import (
 from lightning_sqn.globalization.trust_region import DEFAULT_POLICY, TrustRegionPolicy, check_policy
 from lightning_sqn.optim.base import QuasiNewtonOptimizer
 from lightning_sqn.optim.line_search_stepper import LineSearchStepper
-from lightning_sqn.optim.models import ROW_S, ROW_Y, StagingModel
 from lightning_sqn.optim.steppers import TrustRegionStepper
 from lightning_sqn.qn.dense import MAX_DENSE_DIM, DenseBFGS, DenseQuasiNewton, DenseSR1
 from lightning_sqn.subproblem.exact import solve_exact
 from lightning_sqn.subproblem.result import HostTrustRegionStep
 
+ROW_G, ROW_Y, ROW_S, ROW_TRIAL = 0, 1, 2, 3  # the work rows of DenseModel
 
-class DenseModel(StagingModel):
+
+class DenseModel:
     """A dense :class:`DenseSR1` / :class:`DenseBFGS` matrix; the subproblem is solved exactly (eigh).
 
     For tiny models only: it decides on the host after reading what it needs, and offers the staged
-    pair at the start of the next step like the limited-memory model.
+    pair (its own rows g, y, s) at the start of the next step like the limited-memory model.
     """
+
+    needs_graph = False  #: quasi-Newton models need no Hessian-vector products
+    needs_trial_gradient = True  #: y = g(x_k + s) - g(x_k) needs the gradient at the trial point
 
     def __init__(self, matrix: DenseQuasiNewton, device: torch.device, dtype: torch.dtype) -> None:
         self.matrix = matrix
-        n = matrix.n
-        self.work = torch.zeros(3, n, dtype=dtype, device=device)  # g, s, y
-        self._init_rows()
+        self.work = torch.zeros(4, matrix.n, dtype=dtype, device=device)  # g, y, s, g_trial
+        self.staged = False  #: a pair (s, y) waits in the work rows to be offered
+        self._gg = 0.0
+
+    @property
+    def g(self) -> Tensor:
+        return self.work[ROW_G]
+
+    @property
+    def s(self) -> Tensor:
+        return self.work[ROW_S]
+
+    @property
+    def g_trial(self) -> Tensor:
+        return self.work[ROW_TRIAL]
+
+    def conclude(self, accepted: bool) -> None:
+        """The trust-region step's decision: nothing to do (the pair is staged either way)."""
+
+    def gradient_direction(self) -> tuple[float, float]:
+        """d = -g / gamma into :attr:`s` (the fallback when -H g is not a descent direction)."""
+        gamma = self.gamma()
+        torch.mul(self.g, -1.0 / gamma, out=self.s)
+        return -self._gg / gamma, math.sqrt(self._gg) / gamma
+
+    def stage_line_search(self, g_trial: Tensor, alpha: float) -> None:
+        """s = alpha d (d is in the s row), y = g(x + s) - g(x)."""
+        self.s.mul_(alpha)
+        torch.sub(g_trial, self.g, out=self.work[ROW_Y])
+        self.staged = True
+
+    def commit(self) -> None:
+        self.matrix.commit()
+
+    def _staged_state(self) -> dict:
+        """The staged pair: the y and s rows (g and g_trial are scratch)."""
+        rows = self.work[ROW_Y : ROW_S + 1]
+        # without a staged pair the rows are scratch: saved as zeros, so equal states compare equal
+        return {"staged": self.staged, "staged_rows": rows if self.staged else torch.zeros_like(rows)}
+
+    def _check_staged_state(self, state: dict) -> None:
+        rows = state.get("staged_rows") if isinstance(state, dict) else None
+        shape = self.work[ROW_Y : ROW_S + 1].shape
+        if "staged" not in state or not isinstance(rows, Tensor) or rows.shape != shape:
+            raise ValueError(
+                "the staged-pair rows in this state do not fit this optimizer (expected 'staged_rows' of "
+                f"shape {tuple(shape)})"
+            )
+
+    def _load_staged_state(self, state: dict) -> None:
+        self.work[ROW_Y : ROW_S + 1].copy_(state["staged_rows"].to(self.work))
+        self.staged = bool(state["staged"])
 
     def gather(self, f: Tensor) -> Tensor:
         return torch.stack((f, self.g @ self.g))
@@ -53,7 +106,7 @@ class DenseModel(StagingModel):
         if not self.staged:
             return None, 0
         self.staged = False
-        return bool(self.matrix.update(self._rows[ROW_S], self._rows[ROW_Y])), 0
+        return bool(self.matrix.update(self.s, self.work[ROW_Y])), 0
 
     def solve(self, radius: float) -> HostTrustRegionStep:
         res = solve_exact(self.matrix.to_dense(), self.g, radius)
@@ -73,9 +126,9 @@ class DenseModel(StagingModel):
         gd, dd = to_host(self.g @ self.s, self.s @ self.s)
         return float(gd), math.sqrt(max(float(dd), 0.0))
 
-    def stage_trust_region(self, g_trial: Tensor, sigma: float) -> None:
+    def stage_trust_region(self, g_trial: Tensor, sigma: float | None) -> None:
         del sigma  # the dense update forms y - B s itself
-        torch.sub(g_trial, self.g, out=self._rows[ROW_Y])
+        torch.sub(g_trial, self.g, out=self.work[ROW_Y])
         self.staged = True
 
     def pairs(self) -> int:

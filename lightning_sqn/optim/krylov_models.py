@@ -135,7 +135,7 @@ class NewtonModel(AttributePart):
         self.beta, self.eps = beta, eps
         self.kappa, self.theta, self.max_iters = kappa, theta, max_iters
         flat = ev.flat
-        self.g, self.s = flat.new_zeros(), flat.new_zeros()
+        self.g, self.s, self.g_trial = flat.new_zeros(), flat.new_zeros(), flat.new_zeros()
         self.v = flat.new_zeros()  # second-moment accumulator (unused for "uniform")
         self.v_started = False
         #: update v at the next step (first step, warm-up, or the previous step was accepted)

@@ -77,7 +77,6 @@ class LBFGS(QuasiNewtonOptimizer):
             self._flat,
             gamma=gamma,
             curvature_eps=curvature_eps,
-            work_rows=3,
         )
         self.forget_every = forget_every
         self.full_batch = full_batch

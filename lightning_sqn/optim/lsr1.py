@@ -99,7 +99,6 @@ class LSR1(QuasiNewtonOptimizer):
             gamma_init=gamma_init,
             skip_tol=skip_tol,
             rank_tol=rank_tol,
-            work_rows=4 if method == "trust_region" else 3,
         )
         self.matrix = matrix
         self.full_batch = full_batch

@@ -232,7 +232,6 @@ class SampledLSR1(_SampledBase):
             gamma_init=gamma_init,
             skip_tol=skip_tol,
             rank_tol=rank_tol,
-            work_rows=3,
         )
         if subproblem == "obs":
             self._model = LimitedMemoryModel(self.matrix, newton_iters)
@@ -297,7 +296,6 @@ class SampledLBFGS(_SampledBase):
             self._flat,
             gamma=gamma,
             curvature_eps=curvature_eps,
-            work_rows=3,
         )
         self._model = LimitedMemoryModel(self.matrix)
         refresh = self._make_refresh(memory, sample_radius, sampling, seed, full_batch)

@@ -43,6 +43,7 @@ class StepModel(Protocol):
     needs_graph: bool  #: the evaluation at x_k must keep its graph (Hessian-vector products)
     needs_trial_gradient: bool  #: the trust-region trial point needs its gradient, not only its loss
     s: Tensor  #: where the model writes the step or direction
+    g_trial: Tensor  #: where the stepper evaluates the gradient at a trial point
 
     def gather(self, f: Tensor) -> Tensor:
         """f(x_k) and what the model needs from the device, as one flat tensor (one read)."""
@@ -60,7 +61,9 @@ class StepModel(Protocol):
 
     def gradient_direction(self) -> tuple[float, float]: ...
 
-    def stage_trust_region(self, g_trial: Tensor, sigma: float | None) -> None: ...
+    def stage_trust_region(self, g_trial: Tensor, sigma: float | None) -> None:
+        """Stage the step's pair (the last device write of a step: nothing after it may fail)."""
+        ...
 
     def conclude(self, accepted: bool) -> None:
         """The trust-region step's decision (after the trial)."""
@@ -110,11 +113,14 @@ class Stepper(AttributePart):
         self.model = model
         self.refresh = refresh
         self.x = self.ev.x  # x_k, gathered when the step begins
-        # Preallocated n-vector: a fresh 4 MB temporary costs page faults comparable to the arithmetic.
-        self.g_trial = self.ev.flat.new_zeros()
         #: full batch: f at the point the last step ended on (its gradient is in model.g), else None
         self._cached_f: Tensor | None = None
         self._state = AttributeState(self, self._saved, "stepper")
+
+    @property
+    def g_trial(self) -> Tensor:
+        """The gradient at a trial point (the model's row; a property, so pickling keeps it shared)."""
+        return self.model.g_trial
 
     def _begin(self, closure: Closure) -> tuple[Tensor, float, float, bool | None, int]:
         """f, g at x_k (evaluated, or reused in full-batch mode); the step's first read; the staged
@@ -196,8 +202,6 @@ class TrustRegionStepper(Stepper):
         flat.step_params(model.s)  # the parameters hold x_k (evaluations and refreshes leave them there)
         trial_gradient = refresh is not None or model.needs_trial_gradient
         f1 = ev(closure, self.g_trial) if trial_gradient else ev.loss_only(closure, self.g_trial)
-        if refresh is None:  # y_k for accepted and rejected steps alike (Alg. 1 line 12)
-            model.stage_trust_region(self.g_trial, res.sigma)
         f1_host = float(to_host(f1)[0])
         ared = f0_host - f1_host
         rho = policy.rho(ared, res.predicted_reduction)
@@ -210,6 +214,8 @@ class TrustRegionStepper(Stepper):
         # the trial point is the latest evaluation (sampling may have evaluated in between)
         trial_index = ev.count - 1
         ev.commit_running_stats(accepted, if_accepted=trial_index, if_rejected=self.start_eval)
+        if refresh is None:  # y_k for accepted and rejected steps alike (Alg. 1 line 12)
+            model.stage_trust_region(self.g_trial, res.sigma)
         if accepted:
             self._end(f1, self.g_trial if trial_gradient else None)
         else:

@@ -48,10 +48,9 @@ class LimitedMemoryMatrix:
         dtype: torch.dtype,
         device: torch.device | str,
         gamma_init: float,
-        work_rows: int = 0,
     ) -> None:
         gamma_init = checks.positive("gamma_init", gamma_init)
-        self.memory = PairMemory(memory, n, dtype=dtype, device=device, work_rows=work_rows)
+        self.memory = PairMemory(memory, n, dtype=dtype, device=device)
         self.gamma = float(gamma_init)
 
     @classmethod
@@ -65,18 +64,28 @@ class LimitedMemoryMatrix:
 
     # ------------------------------------------------------------ host algebra
     def mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:  # pragma: no cover - abstract
-        """(b0, c) with B v = b0 v + [S Y] c, from proj = [S Y]^T v ((2m,) or (2m, k), float64)."""
+        """(b0, c) with B v = b0 v + [S Y] c, from proj = [S Y]^T v over the memory's slots ((2(m + 1),) or
+        (2(m + 1), k), float64, zero on inactive slots); c is zero on inactive slots."""
         raise NotImplementedError
 
     def inv_mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:  # pragma: no cover
-        """(b0, c) with H v = b0 v + [S Y] c, from proj = [S Y]^T v ((2m,) or (2m, k), float64)."""
+        """(b0, c) with H v = b0 v + [S Y] c, from proj = [S Y]^T v (as in :meth:`mv_coefficients`)."""
         raise NotImplementedError
 
     def offer(
-        self, s: Tensor, y: Tensor, Ps: np.ndarray, Py: np.ndarray, dots: tuple[float, float, float], **kw
+        self, Ps: np.ndarray, Py: np.ndarray, dots: tuple[float, float, float], **kw
     ) -> tuple[bool, int]:  # pragma: no cover - abstract
-        """Store (s, y) if it passes the matrix's test; return (stored, pairs dropped by rank repair)."""
+        """Store the pair in the memory's spare slot if it passes the matrix's test; return (stored,
+        pairs dropped by rank repair)."""
         raise NotImplementedError
+
+    def finite_pair(self, Ps: np.ndarray, Py: np.ndarray, dots: tuple[float, float, float]) -> bool:
+        """Whether the pair in the spare slot has finite products; if not, its rows are cleared (a
+        non-finite pair is never stored, and its zero coefficient would not keep NaN out of a pass)."""
+        if all(map(math.isfinite, dots)) and np.isfinite(Ps).all() and np.isfinite(Py).all():
+            return True
+        self.memory.clear_spare()
+        return False
 
     def combination_products(self, coef_g: float, coef: np.ndarray, proj: np.ndarray) -> np.ndarray:
         """[S Y]^T v for v = coef_g w + [S Y] coef, from proj = [S Y]^T w and the Gram matrix (no pass
@@ -94,7 +103,8 @@ class LimitedMemoryMatrix:
 
     # ------------------------------------------------------------ device products
     def _apply(self, v: Tensor, inverse: bool) -> Tensor:
-        proj = to_host(self.memory.project(v)).reshape((2 * self.m, *v.shape[1:]))
+        mem = self.memory
+        proj = mem.mask(to_host(mem.project(v)).reshape((2 * mem.slots, *v.shape[1:])))
         b0, c = self.inv_mv_coefficients(proj) if inverse else self.mv_coefficients(proj)
         return self.memory.combine(c, v, beta=b0)
 

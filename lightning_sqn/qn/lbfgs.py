@@ -39,8 +39,6 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         memory: m, pairs kept.
         n: problem dimension.
         dtype, device: of the pair buffer.
-        work_rows: n-vector rows an optimizer keeps beside the pairs (see
-            :class:`~lightning_sqn.qn.memory.PairMemory`).
         gamma: ``"scaled"`` (y^T y / s^T y of the newest stored pair) or a constant float > 0.
         gamma_init: gamma before the first pair is stored.
         curvature_eps: eps of the curvature condition s^T y > eps ||s|| ||y||, in [0, 1).
@@ -56,7 +54,6 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         gamma: Literal["scaled"] | float = "scaled",
         gamma_init: float = 1.0,
         curvature_eps: float = 1e-8,
-        work_rows: int = 0,
     ) -> None:
         check_gamma(gamma, ("scaled",))
         if not (
@@ -66,7 +63,7 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         ):
             raise ValueError(f"curvature_eps must lie in [0, 1), got {curvature_eps!r}")
         init = float(gamma) if not isinstance(gamma, str) else gamma_init
-        super().__init__(memory, n, dtype=dtype, device=device, gamma_init=init, work_rows=work_rows)
+        super().__init__(memory, n, dtype=dtype, device=device, gamma_init=init)
         self.gamma_choice = gamma
         self.curvature_eps = curvature_eps
         finfo = torch.finfo(dtype)
@@ -82,7 +79,7 @@ class LBFGSMatrix(LimitedMemoryMatrix):
 
     def inv_mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:
         """H v = delta v + [S Y] c (Thm. 2.2) from proj = [S Y]^T v, (2m,) or (2m, k)."""
-        mem, m = self.memory, self.m
+        mem, m = self.memory, self.memory.slots
         delta = 1.0 / self.gamma
         c = np.zeros_like(proj)
         idx, ix = self._active()
@@ -106,7 +103,7 @@ class LBFGSMatrix(LimitedMemoryMatrix):
 
     def mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:
         """B v = gamma v + [S Y] c (Thm. 2.3) from proj = [S Y]^T v, (2m,) or (2m, k)."""
-        mem, m = self.memory, self.m
+        mem, m = self.memory, self.memory.slots
         gamma = self.gamma
         c = np.zeros_like(proj)
         idx, ix = self._active()
@@ -125,26 +122,25 @@ class LBFGSMatrix(LimitedMemoryMatrix):
 
     def offer(
         self,
-        s: Tensor,
-        y: Tensor,
         Ps: np.ndarray,
         Py: np.ndarray,
         dots: tuple[float, float, float],
         *,
         residual: tuple[float, float] | None = None,
     ) -> tuple[bool, int]:
-        """Store (s, y) if s^T y > eps ||s|| ||y|| and everything is finite; return (stored, 0).
+        """Store the pair in the memory's spare slot if s^T y > eps ||s|| ||y|| and everything is finite;
+        return (stored, 0).
 
         ``residual`` is not used (the BFGS test needs none); it is accepted so that both matrices take
         the same arguments.
         """
         del residual
         ss, sy, yy = dots
-        if not all(map(math.isfinite, (ss, sy, yy, *Ps, *Py))):
+        if not self.finite_pair(Ps, Py, dots):
             return False, 0
         if not (sy > self.curvature_eps * math.sqrt(max(ss * yy, 0.0)) and sy > self._tiny):
             return False, 0
-        self.memory.push(s, y, Ps, Py, ss, sy, yy)
+        self.memory.push(Ps, Py, ss, sy, yy)
         if isinstance(self.gamma_choice, str):
             new = yy / sy
             if math.isfinite(new) and new > 0:
@@ -153,8 +149,9 @@ class LBFGSMatrix(LimitedMemoryMatrix):
 
     def update(self, s: Tensor, y: Tensor) -> bool:
         """Offer (s, y) with its products formed here (one pass, one read); return whether it was stored."""
+        self.memory.write_spare(s, y)
         Ps, Py, dots = self.memory.pair_products(s, y)
-        return self.offer(s, y, Ps, Py, dots)[0]
+        return self.offer(Ps, Py, dots)[0]
 
 
 __all__ = ["LBFGSMatrix"]

@@ -45,9 +45,9 @@ class CompactFactors:
 
     Attributes:
         b0: gamma (B form) or delta = 1/gamma (H form).
-        mask: (m,) bool, active pairs.
-        gram: Psi^T Psi (m, m), zero on inactive rows/columns.
-        middle: M (m, m), zero on inactive rows/columns.
+        mask: (m + 1,) bool, active slots of the pair memory.
+        gram: Psi^T Psi (m + 1, m + 1), zero on inactive rows/columns.
+        middle: M (m + 1, m + 1), zero on inactive rows/columns.
         primal: True for the B form (Psi = Y - gamma S), False for the H form (Phi = S - delta Y).
     """
 
@@ -59,15 +59,16 @@ class CompactFactors:
 
     def coeffs(self, w: np.ndarray) -> np.ndarray:
         """Coefficients c on [S Y] with [S Y] c = Psi w (B form) or Phi w (H form)."""
-        w = w * (self.mask if w.ndim == 1 else self.mask[:, None])
+        w = np.where(self.mask if w.ndim == 1 else self.mask[:, None], w, 0.0)
         return np.concatenate((-self.b0 * w, w) if self.primal else (w, -self.b0 * w))
 
     def psi_t(self, proj: np.ndarray) -> np.ndarray:
-        """Psi^T v (or Phi^T v) from proj = [S Y]^T v, shape (2m,) or (2m, k)."""
+        """Psi^T v (or Phi^T v) from proj = [S Y]^T v, shape (2(m + 1),) or (2(m + 1), k); zero on
+        inactive slots whatever proj holds there."""
         m = self.mask.shape[0]
         Sv, Yv = proj[:m], proj[m:]
         out = Yv - self.b0 * Sv if self.primal else Sv - self.b0 * Yv
-        return out * (self.mask if out.ndim == 1 else self.mask[:, None])
+        return np.where(self.mask if out.ndim == 1 else self.mask[:, None], out, 0.0)
 
 
 def _default_rank_tol(dtype: torch.dtype) -> float:
@@ -81,8 +82,6 @@ class LSR1Matrix(LimitedMemoryMatrix):
         memory: m, pairs kept.
         n: problem dimension.
         dtype, device: of the pair buffer.
-        work_rows: n-vector rows an optimizer keeps beside the pairs (see
-            :class:`~lightning_sqn.qn.memory.PairMemory`).
         form: ``"B"`` applies the skip rule and rank repair of Alg. 1 (trust region: test on
             s^T (y - B s), require Psi full column rank and M^{-1} nonsingular); ``"H"`` those of
             Alg. 2 (line search: test on y^T (s - H y), require N^{-1} nonsingular). Both forms offer
@@ -122,7 +121,6 @@ class LSR1Matrix(LimitedMemoryMatrix):
         gamma_fraction: float = 0.5,
         skip_tol: float = 1e-8,
         rank_tol: float | None = None,
-        work_rows: int = 0,
     ) -> None:
         if form not in ("B", "H"):
             raise ValueError(f"form must be 'B' (trust region) or 'H' (line search), got {form!r}")
@@ -134,7 +132,7 @@ class LSR1Matrix(LimitedMemoryMatrix):
         if rank_tol is not None and not 0.0 < rank_tol < 1.0:
             raise ValueError(f"rank_tol must lie in (0, 1), got {rank_tol!r}")
         init = float(gamma) if not isinstance(gamma, str) else gamma_init
-        super().__init__(memory, n, dtype=dtype, device=device, gamma_init=init, work_rows=work_rows)
+        super().__init__(memory, n, dtype=dtype, device=device, gamma_init=init)
         self.form = form
         self.gamma_choice: GammaChoice | float = gamma
         self.gamma_fraction = gamma_fraction
@@ -176,7 +174,7 @@ class LSR1Matrix(LimitedMemoryMatrix):
     def factors(self, primal: bool = True) -> CompactFactors:
         """B = gamma I + Psi M Psi^T (``primal``) or H = delta I + Phi N Phi^T."""
         if primal not in self._factors:
-            m = self.m
+            m = self.memory.slots
             mask = self.memory.active.copy()
             b0 = self.gamma if primal else 1.0 / self.gamma
             idx = self._time_ordered()
@@ -238,19 +236,18 @@ class LSR1Matrix(LimitedMemoryMatrix):
 
     def offer(
         self,
-        s: Tensor,
-        y: Tensor,
         Ps: np.ndarray,
         Py: np.ndarray,
         dots: tuple[float, float, float],
         *,
         residual: tuple[float, float] | None = None,
     ) -> tuple[bool, int]:
-        """Offer the pair (s, y); store it if it passes the SR1 skip rule, then repair the rank.
+        """Offer the pair (s, y) held in the memory's spare slot; store it if it passes the SR1 skip
+        rule, then repair the rank.
 
         Args:
-            s, y: the pair, shape (n,), on the device.
-            Ps, Py: [S Y]^T s and [S Y]^T y (host float64, (2m,)).
+            Ps, Py: [S Y]^T s and [S Y]^T y over the slots (host float64, (2(m + 1),), zero on inactive
+                slots).
             dots: (s^T s, s^T y, y^T y).
             residual: (u^T r, r^T r) computed on the device from an explicit r (e.g. r = g(x + s) +
                 sigma s, which is y - B s at the trust-region solution); ``None``: formed on the host
@@ -261,8 +258,8 @@ class LSR1Matrix(LimitedMemoryMatrix):
             removed (Alg. 1 lines 31-39 / Alg. 2 lines 24-32).
         """
         ss, sy, yy = dots
-        if not all(map(math.isfinite, (ss, sy, yy, *Ps, *Py))):
-            return False, 0  # a non-finite pair is never stored (and never poisons the Gram matrices)
+        if not self.finite_pair(Ps, Py, dots):
+            return False, 0  # a non-finite pair is never stored (and never poisons the Gram matrix)
         res = self.residual_dots(Ps, Py, dots) if residual is None else residual
         if res is None:
             return False, 0
@@ -276,7 +273,7 @@ class LSR1Matrix(LimitedMemoryMatrix):
             and num >= self.skip_tol * math.sqrt(max(uu, 0.0)) * math.sqrt(max(rr, 0.0))
         ):
             return False, 0
-        self.memory.push(s, y, Ps, Py, ss, sy, yy)
+        self.memory.push(Ps, Py, ss, sy, yy)
         self._invalidate()
         after_push = self.memory.count()
         self._update_gamma(sy, yy)
@@ -292,14 +289,15 @@ class LSR1Matrix(LimitedMemoryMatrix):
             s, y: the pair, shape (n,).
             residual: y - B s (B form) or s - H y (H form) if the caller knows it; formed here otherwise.
         """
+        self.memory.write_spare(s, y)
         Ps, Py, dots = self.memory.pair_products(s, y)
-        if not all(map(math.isfinite, (*dots, *Ps, *Py))):
+        if not self.finite_pair(Ps, Py, dots):
             return False, 0  # refused before any product with it is formed
         if residual is None:
             residual = (y - self.mv(s)) if self.form == "B" else (s - self.inv_mv(y))
         u = s if self.form == "B" else y
         uTr, rr = to_host(u @ residual, residual @ residual)
-        return self.offer(s, y, Ps, Py, dots, residual=(float(uTr), float(rr)))
+        return self.offer(Ps, Py, dots, residual=(float(uTr), float(rr)))
 
     def _update_gamma(self, sy: float, yy: float) -> None:
         if not isinstance(self.gamma_choice, str):

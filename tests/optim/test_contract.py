@@ -226,8 +226,8 @@ def test_add_param_group_after_construction_raises(case: OptimizerCase) -> None:
 
 
 # ------------------------------------------------------------------------------------------ dtypes
-#: the Gram blocks of the limited-memory matrices: host float64 by design (all m x m algebra is)
-HOST_FLOAT64 = ("/memory/SS", "/memory/SY", "/memory/YY", "/staged_coef")
+#: the Gram matrix of the limited-memory matrices: host float64 by design (all m x m algebra is)
+HOST_FLOAT64 = ("/memory/G", "/staged_coef")
 
 
 def _floating_state(opt: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:
@@ -366,6 +366,9 @@ def test_trust_region_rejects_nan_trial_point(case: OptimizerCase) -> None:
     opt.step(CountingClosure(model, opt, batches).new_step(4))
     after = opt.last_step.as_dict()
     assert after["radius"] == record["next_radius"]
+    # the refused NaN pair sat in the memory's spare slot: it must not reach the step (0 x NaN = NaN)
+    assert math.isfinite(after["trial_loss"]) and math.isfinite(after["step_norm"])
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     if not case.sampled:
         assert after["pair_stored"] is False
         assert opt.counters.as_dict()["skipped_pairs"] == skipped_before + 1

@@ -204,7 +204,7 @@ def check(
     without it the two statuses must agree. ``kw`` goes to solve_obs_host (rank_tol defaults to the
     matrix's).
     """
-    n, m = mat.memory.n, mat.memory.m
+    n, m = mat.memory.n, mat.memory.slots  # OBS reports one eigenvalue per slot, plus one
     kw.setdefault("rank_tol", mat.rank_tol)
     newton_iters = kw.get("newton_iters", NEWTON_ITERS)
     f, psi_g = factors_and_psi_g(mat, g)
@@ -381,27 +381,29 @@ def test_inactive_slots_anywhere() -> None:
     mat = indefinite_matrix(n, m, gen)
     g = torch.randn(n, generator=gen, dtype=DTYPE)
     f, psi_g = factors_and_psi_g(mat, g)
-    assert bool(f.mask.all())
+    act = np.flatnonzero(f.mask)
+    assert act.size == m  # every pair is active; the memory's spare slot is the one inactive slot
+    ia = np.ix_(act, act)
     slots = np.array([1, 2, 4, 6])  # the 4 pairs placed among 7 slots
     M = 7
     mask = np.zeros(M, dtype=bool)
     mask[slots] = True
     gram, middle = np.zeros((M, M)), np.zeros((M, M))
-    gram[np.ix_(slots, slots)] = f.gram
-    middle[np.ix_(slots, slots)] = f.middle
+    gram[np.ix_(slots, slots)] = f.gram[ia]
+    middle[np.ix_(slots, slots)] = f.middle[ia]
     pg = np.zeros(M)
-    pg[slots] = psi_g
+    pg[slots] = psi_g[act]
     holey = CompactFactors(f.b0, mask, gram, middle, True)
 
-    # The same pairs in time order in slots 1, 2, 4, 6 of a 7-slot memory; slots 0, 3, 5 hold other
-    # pairs, then deactivated.
-    order = np.argsort(mat.memory.serial)
+    # The same pairs in time order in slots 1, 2, 4, 6 of a 7-pair memory; slots 0, 3, 5 hold other
+    # pairs, then deactivated (slot 7 is that memory's spare).
+    order = act[np.argsort(mat.memory.serial[act])]
     pairs = iter(zip(mat.memory.S[order], mat.memory.Y[order], strict=True))
     mat7 = LSR1Matrix(M, n, gamma=mat.gamma)
     for j in range(M):
         s, y = next(pairs) if mask[j] else torch.randn(2, n, generator=gen, dtype=DTYPE)
-        mat7.memory.append(s, y)
-    mat7.memory.keep(mask)
+        assert mat7.memory.append(s, y) == j
+    mat7.memory.keep(np.append(mask, False))
     mat7._invalidate()
     torch.testing.assert_close(mat7.to_dense(), mat.to_dense(), rtol=1e-12, atol=1e-12)
 
@@ -410,12 +412,13 @@ def test_inactive_slots_anywhere() -> None:
         host = solve_host(holey, pg, float(g @ g), radius, n, rank_tol=mat.rank_tol)
         check_layout(host, holey, NEWTON_ITERS)
         coef = host.coef.reshape(2, M)
-        np.testing.assert_allclose(coef[:, mask], compact.coef.reshape(2, m), rtol=1e-12, atol=1e-14)
+        compact_coef = compact.coef.reshape(2, m + 1)[:, act]
+        np.testing.assert_allclose(coef[:, mask], compact_coef, rtol=1e-12, atol=1e-14)
         assert host.sigma == pytest.approx(compact.sigma, rel=1e-13)
         assert host.coef_g == pytest.approx(compact.coef_g, rel=1e-13)
         in_memory = check(mat7, g, radius, status=BOUNDARY)
-        coef = in_memory.coef.reshape(2, M)
-        expected = compact.coef.reshape(2, m)[:, order]  # mat7 holds the pairs in time order
+        coef = in_memory.coef.reshape(2, M + 1)[:, :M]
+        expected = compact.coef.reshape(2, m + 1)[:, order]  # mat7 holds the pairs in time order
         np.testing.assert_allclose(coef[:, mask], expected, rtol=1e-9, atol=1e-12)
 
 
@@ -517,7 +520,7 @@ def test_newton_cap_and_safeguard(newton_iters) -> None:
     assert host.predicted_reduction == pytest.approx(-model, rel=1e-9)
     assert model >= model_ex - 1e-9 * abs(model_ex)
     lam = np.linalg.eigvalsh(B)
-    eig = expected_eigenvalues(lam, f.b0, parallel_rank(f, mat.rank_tol), m)
+    eig = expected_eigenvalues(lam, f.b0, parallel_rank(f, mat.rank_tol), mat.memory.slots)
     np.testing.assert_allclose(host.eigenvalues, eig, rtol=1e-9, atol=1e-10 * float(np.abs(lam).max()))
 
 
