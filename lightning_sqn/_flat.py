@@ -153,11 +153,14 @@ class FlatParams:
         torch._foreach_copy_(self.params, self.views(flat))
 
     @torch.no_grad()
-    def step_params(self, flat: Tensor) -> None:
-        """x <- x + flat on the parameters, in place, computed in the state dtype and rounded once to
-        each parameter's dtype: the same values as writing x + flat formed in a flat buffer, with one
-        pass instead of two."""
-        torch._foreach_add_(self.params, self.views(flat))
+    def step_params(self, flat: Tensor, alpha: float = 1.0) -> None:
+        """x <- x + alpha flat on the parameters, in place, computed in the state dtype and rounded once to
+        each parameter's dtype: the same values as writing x + alpha flat formed in a flat buffer, with
+        one pass instead of two."""
+        if alpha == 1.0:
+            torch._foreach_add_(self.params, self.views(flat))
+        else:
+            torch._foreach_add_(self.params, self.views(flat), alpha=alpha)
 
     @torch.no_grad()
     def add_to_params(self, flat: Tensor, alpha: float = 1.0) -> None:

@@ -57,3 +57,10 @@ def test_step_params_equals_writing_x_plus_s() -> None:
     flat.set_params(x + s)
     for a, p in zip(in_place, params, strict=True):
         assert torch.equal(a, p.detach())
+    # with a step length: x + alpha d, as the line search's first trial point forms it
+    flat.set_params(x)
+    flat.step_params(s, alpha=0.37)
+    in_place = [p.detach().clone() for p in params]
+    flat.set_params(torch.add(x, s, alpha=0.37))
+    for a, p in zip(in_place, params, strict=True):
+        assert torch.equal(a, p.detach())

@@ -91,11 +91,17 @@ class LineSearchStepper(Stepper):
             alpha0 = lr
         d = model.s
         evaluated: dict[str, Any] = {"alpha": None, "f": None}
+        slope = self.line_search is not None and self.line_search.uses_slope
 
         def phi(alpha: float) -> tuple[float, float]:
-            flat.set_params(torch.add(self.x, d, alpha=alpha, out=self.x_trial))
+            if evaluated["alpha"] is None:  # the parameters hold x: x + alpha d in place, one pass
+                flat.step_params(d, alpha)
+            else:
+                flat.set_params(torch.add(self.x, d, alpha=alpha, out=self.x_trial))
             f = ev(closure, self.g_trial)
             evaluated["alpha"], evaluated["f"] = alpha, f
+            if not slope:  # the search reads phi(alpha) only: no pass for g(x + alpha d)^T d
+                return float(to_host(f)[0]), math.nan
             f_alpha, dphi = to_host(f, self.g_trial @ d).tolist()
             return f_alpha, dphi
 

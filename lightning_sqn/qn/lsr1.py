@@ -149,6 +149,11 @@ class LSR1Matrix(LimitedMemoryMatrix):
     # ------------------------------------------------------------- factors
     def _invalidate(self) -> None:
         self._factors.clear()
+        self._blocks = None
+
+    #: (primal, b0, time-ordered slots, Psi^T Psi, M^{-1}) of the last rank repair, reused by
+    #: :meth:`factors` while nothing changed (one construction of the blocks per stored pair)
+    _blocks: tuple[bool, float, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _time_ordered(self) -> np.ndarray:
         """The active slots, oldest first."""
@@ -181,7 +186,11 @@ class LSR1Matrix(LimitedMemoryMatrix):
             gram = np.zeros((m, m))
             middle = np.zeros((m, m))
             if idx.size:
-                block_gram, block_inv = self._middle_inverse(primal, idx, b0)
+                cached = self._blocks
+                if cached is not None and cached[:2] == (primal, b0) and np.array_equal(cached[2], idx):
+                    block_gram, block_inv = cached[3], cached[4]
+                else:
+                    block_gram, block_inv = self._middle_inverse(primal, idx, b0)
                 ix = np.ix_(idx, idx)
                 gram[ix] = block_gram
                 try:
@@ -277,8 +286,8 @@ class LSR1Matrix(LimitedMemoryMatrix):
         self._invalidate()
         after_push = self.memory.count()
         self._update_gamma(sy, yy)
-        self._repair(self.form == "B")
         self._invalidate()
+        self._repair(self.form == "B")
         return True, after_push - self.memory.count()
 
     def update(self, s: Tensor, y: Tensor, *, residual: Tensor | None = None) -> tuple[bool, int]:
@@ -371,6 +380,7 @@ class LSR1Matrix(LimitedMemoryMatrix):
             if ok:
                 if k:
                     mem.active[idx[:k]] = False
+                self._blocks = (primal, b0, idx[k:].copy(), gram[k:, k:], inv[k:, k:])
                 return
         mem.active[idx] = False
 
