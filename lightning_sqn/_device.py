@@ -38,10 +38,11 @@ def to_host(*values: torch.Tensor) -> np.ndarray:
         flat = torch.cat([v.reshape(-1) for v in values])
     else:
         flat = torch.cat([v.reshape(-1).to(dtype) for v in values])
-    flat = flat.to(dtype)
     for counter in _active_counters:
         counter.host_reads += 1
-    return flat.numpy(force=True) if flat.device.type != "cpu" else flat.numpy().copy()
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+        return flat.detach().numpy().astype(np.float64)  # one copy, by NumPy (no tensor op)
+    return flat.to(dtype).numpy(force=True).astype(np.float64, copy=False)
 
 
 def read_to_host(*values: torch.Tensor) -> list[float]:

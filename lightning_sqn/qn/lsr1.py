@@ -167,10 +167,12 @@ class LSR1Matrix(LimitedMemoryMatrix):
         M^{-1} = D + L + L^T - b0 U^T U and Psi^T Psi = V^T V - b0 (U^T V + V^T U) + b0^2 U^T U with
         (U, V) = (S, Y) (B form) or (Y, S) (H form), L the strictly lower triangle of U^T V.
         """
-        mem = self.memory
-        ix = np.ix_(idx, idx)
-        UV = mem.SY[ix] if primal else mem.SY.T[ix]  # UV[i, j] = u_i^T v_j
-        UU, VV = (mem.SS[ix], mem.YY[ix]) if primal else (mem.YY[ix], mem.SS[ix])
+        mem, k = self.memory, idx.size
+        ii = np.concatenate((idx, mem.slots + idx))
+        sub = mem.G[np.ix_(ii, ii)]  # [S Y]^T [S Y] over the pairs, in time order
+        SS, SY, YY = sub[:k, :k], sub[:k, k:], sub[k:, k:]
+        UV = SY if primal else SY.T  # UV[i, j] = u_i^T v_j
+        UU, VV = (SS, YY) if primal else (YY, SS)
         Lt = np.tril(UV, -1)  # time order: row i is later than column j below the diagonal
         inv = np.diag(np.diagonal(UV)) + Lt + Lt.T - b0 * UU
         gram = VV - b0 * (UV + UV.T) + b0 * b0 * UU
