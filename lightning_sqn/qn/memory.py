@@ -389,6 +389,12 @@ class PairMemory:
 
     def check_state(self, state: dict) -> None:
         """ValueError unless ``state`` is a complete pair memory of this shape (changes nothing)."""
+        if isinstance(state, dict) and "SS" in state and "G" not in state:
+            raise ValueError(
+                "this pair memory was saved by lightning_sqn before 2026-12-03 (m slots, Gram blocks SS, SY, "
+                "YY); the memory now has m + 1 slots and cannot take it. Resume from a checkpoint written "
+                "by this version, or restart the optimizer (its pairs are rebuilt within m steps)"
+            )
         require_keys("pair-memory", state, ("SY_buf", *self._HOST, "spare", "next_serial", "memory", "n"))
         if state["memory"] != self.m or state["n"] != self.n:
             raise ValueError(

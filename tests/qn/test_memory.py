@@ -263,3 +263,11 @@ def test_transaction_restores_slots_written_mid_step() -> None:
     mem.rollback(token)
     for k, v in mem.state_dict().items():
         assert torch.equal(v, before[k]) if isinstance(v, torch.Tensor) else v == before[k], k
+
+
+def test_state_of_the_previous_layout_is_refused_clearly() -> None:
+    mem = PairMemory(3, 5, dtype=DTYPE, device="cpu")
+    old = {k: v for k, v in mem.state_dict().items() if k not in ("G", "spare")}
+    old.update(SS=torch.zeros(3, 3), SY=torch.zeros(3, 3), YY=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="before 2026-12-03"):
+        mem.load_state_dict(old)
