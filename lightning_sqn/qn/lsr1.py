@@ -376,9 +376,11 @@ class LSR1Matrix(LimitedMemoryMatrix):
         for k in range(idx.size):
             u_norm = math.sqrt(max(float(uu[k:].sum()), 0.0))  # ||U||_F over the pairs kept
             size = math.sqrt(max(float(vv[k:].sum()), 0.0)) + abs(b0) * u_norm
-            ok = bool(np.all(np.abs(np.linalg.eigvalsh(inv[k:, k:])) > tol * u_norm * size))
-            if ok and primal:
-                ok = bool(np.all(np.linalg.eigvalsh(gram[k:, k:]) > tol * tol * size * size))
+            if primal:  # both spectra in one call
+                e_inv, e_gram = np.linalg.eigvalsh(np.stack((inv[k:, k:], gram[k:, k:])))
+                ok = bool(np.abs(e_inv).min() > tol * u_norm * size and e_gram[0] > tol * tol * size * size)
+            else:
+                ok = bool(np.abs(np.linalg.eigvalsh(inv[k:, k:])).min() > tol * u_norm * size)
             if ok:
                 if k:
                     mem.active[idx[:k]] = False
