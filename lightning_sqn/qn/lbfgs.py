@@ -78,7 +78,7 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         return idx, np.ix_(idx, idx)
 
     def inv_mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:
-        """H v = delta v + [S Y] c (Thm. 2.2) from proj = [S Y]^T v, (2m,) or (2m, k)."""
+        """H v = delta v + [S Y] c (Thm. 2.2) from proj = [S Y]^T v, (2(m+1),) or (2(m+1), k)."""
         mem, m = self.memory, self.memory.slots
         delta = 1.0 / self.gamma
         c = np.zeros_like(proj)
@@ -102,7 +102,7 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         return delta, c
 
     def mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:
-        """B v = gamma v + [S Y] c (Thm. 2.3) from proj = [S Y]^T v, (2m,) or (2m, k)."""
+        """B v = gamma v + [S Y] c (Thm. 2.3) from proj = [S Y]^T v, (2(m+1),) or (2(m+1), k)."""
         mem, m = self.memory, self.memory.slots
         gamma = self.gamma
         c = np.zeros_like(proj)
@@ -148,7 +148,8 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         return True, 0
 
     def update(self, s: Tensor, y: Tensor) -> bool:
-        """Offer (s, y) with its products formed here (one pass, one read); return whether it was stored."""
+        """Offer (s, y), written into the spare slot, with its products formed here (one pass, one read);
+        return whether it was stored."""
         self.memory.write_spare(s, y)
         Ps, Py, dots = self.memory.pair_products(s, y)
         return self.offer(Ps, Py, dots)[0]

@@ -28,7 +28,10 @@ pairs here.
   insertion number of slot i, and ``active[i]``. Time order (needed for the strictly lower triangle
   L of S^T Y in the compact forms) is read from ``serial``. Entries of inactive slots are stale and
   are never used: every coefficient vector is zero there, and products of inactive slots are masked
-  (:meth:`PairMemory.mask`) before they reach the algebra.
+  (:meth:`PairMemory.mask`) before they reach the algebra. A pair whose products are not finite is
+  refused when it is offered and its rows are cleared then (0 x NaN would be NaN in a pass); until its
+  offer at the start of the next step it sits in the spare, so a product with the matrix taken in
+  between, outside the optimizer's step, is NaN, never silently wrong.
 
 Every row is stored in K = ceil(n / ``BLOCK``) blocks of equal length L (at most ``BLOCK`` entries;
 the row is padded with fewer than K zeros, which stay zero), and both passes are batched products over
