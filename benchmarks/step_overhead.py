@@ -338,6 +338,7 @@ def build_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
         "calls/step",
         "closure ms",
         "algebra ms",
+        "alg ms / eval",
         "1 f+b ms",
         "alg % f+b",
         "alg / torch",
@@ -352,6 +353,7 @@ def build_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in results:
         alg = _median(r.algebra_s)
+        per_eval = _median([a / c for a, c in zip(r.algebra_s, r.calls, strict=False) if c > 0])
         fb = _median(r.single_fb_s)
         ref = torch_alg.get(r.model, math.nan)
         name = r.optimizer
@@ -364,6 +366,7 @@ def build_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
                 f"{statistics.fmean(r.calls):.2f}" if r.calls else "-",
                 f"{_median(r.closure_s) * 1e3:.2f}",
                 f"{alg * 1e3:.2f}",
+                f"{per_eval * 1e3:.2f}",
                 f"{fb * 1e3:.2f}",
                 f"{100 * alg / fb:.1f}%" if fb > 0 else "-",
                 f"{alg / ref:.2f}x" if ref > 0 else "-",
@@ -523,7 +526,9 @@ def main(argv: list[str] | None = None) -> None:
     print()
     notes = [
         "calls/step: closure calls (forward+backward) per step, mean over timed steps.",
-        "closure ms / algebra ms: median per step; algebra = step time - closure time.",
+        "closure ms / algebra ms: median per step; algebra = step time - closure time; alg ms / eval: "
+        "the median of each step's algebra divided by its closure calls (a line search that takes more "
+        "trial points pays per evaluation).",
         "1 f+b ms: median time of one closure call; alg % f+b = algebra ms / 1 f+b ms.",
         f"alg / torch: algebra ms relative to {TORCH_REFERENCE} (history_size=5, max_iter=1) on the "
         "same model.",
