@@ -211,9 +211,7 @@ class LimitedMemoryModel:
         condition) against the pairs kept before it, as in a sequence of classical updates.
         """
         self.reset()
-        for s, y in zip(S, Y, strict=True):
-            self.matrix.update(s, y)
-        return self.pairs()
+        return self.matrix.load(S, Y)
 
     def pairs(self) -> int:
         return self.matrix.memory.count()

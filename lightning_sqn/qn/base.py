@@ -87,6 +87,46 @@ class LimitedMemoryMatrix:
         self.memory.clear_spare()
         return False
 
+    def load(self, S: Tensor, Y: Tensor) -> int:
+        """Forget the memory, then offer the pairs (rows of S, Y) in order; return how many are kept.
+
+        Each pair meets the matrix's own test against the pairs kept before it, as in a sequence of
+        :meth:`update` calls, but the device work is batched: the k <= m pairs are written into slots
+        at once, one pass gives all their inner products (the Gram matrix), and every decision is host
+        algebra on it, with one combination pass (and one read) per pair only where the test needs an
+        explicit residual (:meth:`_load_residual`). More than m pairs go through :meth:`update` one by
+        one (the oldest are dropped anyway).
+        """
+        mem = self.memory
+        self.reset()
+        k = S.shape[0]
+        if k > mem.m:
+            for s, y in zip(S, Y, strict=True):
+                self.update(s, y)
+            return mem.count()
+        mem.write_slots(S, Y)
+        G = mem.slot_gram()
+        slots = mem.slots
+        # A pair with a non-finite product is refused below; its rows are cleared first, since every
+        # combination pass reads them (0 x NaN = NaN), and its products are kept out of the Gram matrix.
+        for i in range(k):  # a pair's own products are finite iff its vectors are (and bound the rest)
+            if not np.isfinite((G[i, i], G[i, slots + i], G[slots + i, slots + i])).all():
+                mem.clear_slot(i)
+        mem.G[:] = np.where(np.isfinite(G), G, 0.0)
+        for i in range(k):
+            mem.spare = i  # pair i sits in slot i, inactive: the spare of its offer
+            Ps, Py = mem.mask(G[:, i]), mem.mask(G[:, slots + i])
+            dots = (float(G[i, i]), float(G[i, slots + i]), float(G[slots + i, slots + i]))
+            if not self.finite_pair(Ps, Py, dots):
+                continue
+            self.offer(Ps, Py, dots, residual=self._load_residual(i, Ps, Py))
+        mem.spare = int(np.flatnonzero(~mem.active)[0])
+        return mem.count()
+
+    def _load_residual(self, slot: int, Ps: np.ndarray, Py: np.ndarray) -> tuple[float, float] | None:
+        """The explicit residual products a pair's test needs in :meth:`load` (None: the test needs none)."""
+        return None
+
     def combination_products(self, coef_g: float, coef: np.ndarray, proj: np.ndarray) -> np.ndarray:
         """[S Y]^T v for v = coef_g w + [S Y] coef, from proj = [S Y]^T w and the Gram matrix (no pass
         over the buffer): coef_g [S Y]^T w + ([S Y]^T [S Y]) coef."""

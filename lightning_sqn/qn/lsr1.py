@@ -310,6 +310,22 @@ class LSR1Matrix(LimitedMemoryMatrix):
         uTr, rr = to_host(u @ residual, residual @ residual)
         return self.offer(Ps, Py, dots, residual=(float(uTr), float(rr)))
 
+    def _load_residual(self, slot: int, Ps: np.ndarray, Py: np.ndarray) -> tuple[float, float]:
+        """(u^T r, r^T r) of the pair in ``slot`` against the pairs kept so far, from an explicit residual
+        formed in one combination pass into the memory's d row (its scratch) and read once: B form
+        r = y - B s (u = s), H form r = s - H y (u = y), as :meth:`update` forms it."""
+        mem, S = self.memory, self.memory.slots
+        primal = self.form == "B"
+        b0, c = self.mv_coefficients(Ps) if primal else self.inv_mv_coefficients(Py)
+        c = -c
+        u, v = (slot, S + slot) if primal else (S + slot, slot)  # r = v - b0 u - [S Y] c
+        c[v] += 1.0
+        c[u] -= b0
+        r = mem.combine(c, out=mem.d)  # over the pairs only (the g row may hold anything here)
+        u_row = mem.SY_buf[u]
+        uTr, rr = to_host(u_row @ r, r @ r)
+        return float(uTr), float(rr)
+
     def _update_gamma(self, sy: float, yy: float) -> None:
         if not isinstance(self.gamma_choice, str):
             return

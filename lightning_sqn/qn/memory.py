@@ -298,11 +298,34 @@ class PairMemory:
         s_row.copy_(s)
         y_row.copy_(y)
 
+    def write_slots(self, S: Tensor, Y: Tensor) -> None:
+        """Copy the k <= m pairs (rows of S, Y) into slots 0..k-1 of an empty memory (two copies; slots
+        overwritten inside a transaction are copied aside first). The host state is left to the caller."""
+        k = S.shape[0]
+        if k > self.m or self.count():
+            raise ValueError(f"write_slots needs an empty memory and at most m = {self.m} pairs, got {k}")
+        if self._journal is not None:
+            for j in range(k):
+                if j not in self._journal:
+                    self._save_slot(j)
+        self.S[:k].copy_(S)
+        self.Y[:k].copy_(Y)
+
+    def slot_gram(self) -> np.ndarray:
+        """[S Y]^T [S Y] over all slots from the rows (one pass over the buffer, one read): the Gram
+        matrix of freshly written pairs."""
+        P = torch.bmm(self._pass_blocks[:, : 2 * self.slots], self._pass_blocks_t[:, :, : 2 * self.slots])
+        return to_host(P).reshape(self._blocks, 2 * self.slots, 2 * self.slots).sum(0)
+
     def clear_spare(self) -> None:
         """Zero the spare's rows (after a non-finite pair was refused there: its coefficient is zero in
         every product, and 0 x NaN would still be NaN)."""
-        self._rows[self.spare].zero_()
-        self._rows[self.slots + self.spare].zero_()
+        self.clear_slot(self.spare)
+
+    def clear_slot(self, j: int) -> None:
+        """Zero the rows of inactive slot j (see :meth:`clear_spare`)."""
+        self._rows[j].zero_()
+        self._rows[self.slots + j].zero_()
 
     def push(self, Ps: np.ndarray, Py: np.ndarray, ss: float, sy: float, yy: float) -> int:
         """Store the pair held in the spare slot and return that slot.
