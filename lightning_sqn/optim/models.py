@@ -8,10 +8,10 @@ A stepper drives a model through one protocol, in this order within a step:
 2. ``peek_gg(values)`` gives g^T g for the finiteness check, then ``absorb(values)`` takes the
    numbers on the host: the pair staged by the previous step is offered to the matrix there (skip
    rule, Gram update, rank repair, gamma: all float64 host algebra) and [S Y]^T g is kept for the
-   solve. What pass 1 does not give follows from the coefficients the staged s was formed with,
-   s = c_g g_prev + [S Y] c: [S Y]^T s = c_g [S Y]^T g_prev + G c and
-   s^T s = c_g^2 g_prev^T g_prev + 2 c_g c^T [S Y]^T g_prev + c^T G c, with G the Gram matrix
-   [S Y]^T [S Y] of the memory s was formed with (the offer comes before any change to it);
+   solve. [S Y]^T s of the staged pair follows from the coefficients s was formed with,
+   s = c_g g_prev + [S Y] c, as c_g [S Y]^T g_prev + G c with G the Gram matrix [S Y]^T [S Y] of the
+   memory s was formed with (the offer comes before any change to it); s^T s and the trust region's
+   residual products come from the small product [d g(x+s)]^T [d g(x+s)] staged with the pair;
 3. ``solve(radius)`` (trust region) writes the step into :attr:`LimitedMemoryModel.s` with pass 2 and
    returns the subproblem's host record, or ``direction()`` (line search) writes d = -H g there with
    pass 2 and returns g^T d and ||d|| computed on the host;
@@ -53,9 +53,8 @@ class LimitedMemoryModel:
         self.staged = False  #: a pair (s, y) waits in the memory's spare slot to be offered
         self._gg = 0.0
         self._proj_g: np.ndarray | None = None
-        #: s (or d) = coef_g g + [S Y] coef, with [S Y]^T g and g^T g at the time:
-        #: (coef_g, coef, [S Y]^T g, g^T g)
-        self._step_coef: tuple[float, np.ndarray, np.ndarray, float] | None = None
+        #: s (or d) = coef_g g + [S Y] coef, with [S Y]^T g at the time: (coef_g, coef, [S Y]^T g)
+        self._step_coef: tuple[float, np.ndarray, np.ndarray] | None = None
         self._sums: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         #: how the staged pair was formed from the d row: (alpha, sigma) with s = alpha d, and sigma of
         #: the trust-region solution (NaN for a line search), for s^T s and the SR1 residual's products
@@ -102,7 +101,7 @@ class LimitedMemoryModel:
         if self.staged:
             self.staged = False
             assert self._step_coef is not None
-            coef_g, coef, proj_prev, _ = self._step_coef
+            coef_g, coef, proj_prev = self._step_coef
             Ps = self.matrix.combination_products(coef_g, coef, proj_prev)
             alpha, sigma = self._staged_scale
             dd, dgt, gtgt = (float(w) for w in W)
@@ -130,7 +129,7 @@ class LimitedMemoryModel:
 
     def _form_step(self, coef_g: float, coef: np.ndarray) -> None:
         """d = coef_g g + [S Y] coef into the d row (pass 2), remembering the coefficients."""
-        self._step_coef = (coef_g, coef, self._projection(), self._gg)
+        self._step_coef = (coef_g, coef, self._projection())
         self.matrix.memory.combine_step(coef, coef_g)
 
     # ------------------------------------------------------------------ phase 2
@@ -161,7 +160,7 @@ class LimitedMemoryModel:
     def gradient_direction(self) -> tuple[float, float]:
         """d = -g / gamma into :attr:`s` (the fallback when -H g is not a descent direction)."""
         gamma = self.gamma()
-        self._step_coef = (-1.0 / gamma, np.zeros(2 * self.matrix.memory.slots), self._projection(), self._gg)
+        self._step_coef = (-1.0 / gamma, np.zeros(2 * self.matrix.memory.slots), self._projection())
         torch.mul(self.g, -1.0 / gamma, out=self.s)
         return -self._gg / gamma, math.sqrt(self._gg) / gamma
 
@@ -180,8 +179,8 @@ class LimitedMemoryModel:
     def stage_line_search(self, g_trial: Tensor, alpha: float) -> None:
         """The pair s = alpha d, y = g(x + s) - g(x) into the spare slot."""
         assert self._step_coef is not None
-        coef_g, coef, proj, gg = self._step_coef
-        self._step_coef = (alpha * coef_g, alpha * coef, proj, gg)
+        coef_g, coef, proj = self._step_coef
+        self._step_coef = (alpha * coef_g, alpha * coef, proj)
         mem = self.matrix.memory
         s_row, y_row = mem.spare_rows()
         torch.mul(self.s, alpha, out=s_row)
@@ -229,15 +228,14 @@ class LimitedMemoryModel:
     def state_dict(self) -> dict:
         out = {**self.matrix.state_dict(), "staged": self.staged}
         if self.staged and self._step_coef is not None:
-            coef_g, coef, proj, gg = self._step_coef
+            coef_g, coef, proj = self._step_coef
             W = self.matrix.memory.staged_products()
-            out["staged_coef"] = torch.from_numpy(
-                np.concatenate(([coef_g], coef, proj, [gg], W, self._staged_scale))
-            )
+            values = np.concatenate(([coef_g], coef, proj, W, self._staged_scale))
+            out["staged_coef"] = torch.from_numpy(values)
         return out
 
     def _coef_size(self) -> int:
-        return 7 + 4 * self.matrix.memory.slots
+        return 6 + 4 * self.matrix.memory.slots
 
     def check_state(self, state: dict) -> None:
         self.matrix.check_state(state)
@@ -259,13 +257,8 @@ class LimitedMemoryModel:
         if self.staged:
             v = state["staged_coef"].numpy(force=True).astype(np.float64)
             m2 = 2 * self.matrix.memory.slots
-            self._step_coef = (
-                float(v[0]),
-                v[1 : 1 + m2].copy(),
-                v[1 + m2 : 1 + 2 * m2].copy(),
-                float(v[1 + 2 * m2]),
-            )
-            self.matrix.memory.load_staged_products(v[2 + 2 * m2 : 5 + 2 * m2])
+            self._step_coef = (float(v[0]), v[1 : 1 + m2].copy(), v[1 + m2 : 1 + 2 * m2].copy())
+            self.matrix.memory.load_staged_products(v[1 + 2 * m2 : 4 + 2 * m2])
             self._staged_scale = (float(v[-2]), float(v[-1]))
 
 
