@@ -89,7 +89,7 @@ class PairMemory:
         self.spare = 0
         self.next_serial = 0
         #: during a transaction: slot -> row of ``_backup`` holding the slot's pair before
-        #: :meth:`write_spare` overwrote it; None outside a transaction
+        #: :meth:`write_spare` or :meth:`write_slots` overwrote it; None outside a transaction
         self._journal: dict[int, int] | None = None
         self._backup: Tensor | None = None
         self._make_views()
