@@ -2,7 +2,8 @@
 # Every check that needs a GPU, in one call of about 5 minutes:
 #   1. tests/gpu (CUDA runs equal CPU runs in float64, products, synchronisations CUDA reports);
 #   2. benchmarks/step_overhead.py on CUDA (the foundation issue's overhead targets);
-#   3. benchmarks/curvature_products.py on CUDA (the curvature issue's block-product target).
+#   3. benchmarks/curvature_products.py on CUDA (the curvature issue's block-product target);
+#   4. benchmarks/pair_load.py on CUDA (sampled refreshes: batched load vs one update per pair).
 # Each part has its own time limit; a part that fails or times out does not stop the others.
 #
 # Usage (repository root, a Python with torch + lightning + pytest; the package need not be installed):
@@ -38,4 +39,5 @@ part() {  # part NAME SECONDS COMMAND...
 part pytest_gpu 180 "$python" -m pytest -q -p no:cacheprovider -W default tests/gpu
 part step_overhead_cuda 150 "$python" benchmarks/step_overhead.py --device cuda --steps 50 --warmup 10 --repeats 1 --markdown
 part curvature_products_cuda 120 "$python" benchmarks/curvature_products.py --device cuda --repeats 20 --markdown
+part pair_load_cuda 60 "$python" benchmarks/pair_load.py --device cuda
 exit $status
