@@ -4,8 +4,8 @@ Sampled quasi-Newton methods (``SampledLSR1``, ``SampledLBFGS``) and ``Curvature
 memory by m freshly sampled pairs. ``LimitedMemoryMatrix.load`` writes them at once, forms their Gram
 matrix in one pass and decides each pair on the host (L-SR1: plus one combination pass and one read per
 pair for the skip rule's explicit residual); the reference is a reset followed by one ``update`` per pair
-(three passes and three reads each for L-SR1, one for L-BFGS). Both keep the same pairs; the script checks
-that the two matrices agree.
+(two passes and two reads each for L-SR1, one pass and one read for L-BFGS). Both keep the same
+pairs; the script checks that the two matrices agree.
 
 Pairs: y_i = A s_i + noise with A a random symmetric matrix applied blockwise (a stand-in for Hessian
 products; the decisions do not depend on it). Medians of ``--repeats`` calls, the two variants

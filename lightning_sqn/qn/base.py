@@ -94,7 +94,7 @@ class LimitedMemoryMatrix:
         :meth:`update` calls, but the device work is batched: the k <= m pairs are written into slots
         at once, one pass gives all their inner products (the Gram matrix), and every decision is host
         algebra on it, with one combination pass (and one read) per pair only where the test needs an
-        explicit residual (:meth:`_load_residual`). More than m pairs go through :meth:`update` one by
+        explicit residual (:meth:`_residual`). More than m pairs go through :meth:`update` one by
         one (the oldest are dropped anyway).
         """
         mem = self.memory
@@ -119,12 +119,12 @@ class LimitedMemoryMatrix:
             dots = (float(G[i, i]), float(G[i, slots + i]), float(G[slots + i, slots + i]))
             if not self.finite_pair(Ps, Py, dots):
                 continue
-            self.offer(Ps, Py, dots, residual=self._load_residual(i, Ps, Py))
+            self.offer(Ps, Py, dots, residual=self._residual(i, Ps, Py))
         mem.spare = int(np.flatnonzero(~mem.active)[0])
         return mem.count()
 
-    def _load_residual(self, slot: int, Ps: np.ndarray, Py: np.ndarray) -> tuple[float, float] | None:
-        """The explicit residual products a pair's test needs in :meth:`load` (None: the test needs none)."""
+    def _residual(self, slot: int, Ps: np.ndarray, Py: np.ndarray) -> tuple[float, float] | None:
+        """The explicit residual products the test of the pair in ``slot`` needs (None: it needs none)."""
         return None
 
     def combination_products(self, coef_g: float, coef: np.ndarray, proj: np.ndarray) -> np.ndarray:

@@ -293,27 +293,30 @@ class LSR1Matrix(LimitedMemoryMatrix):
         return True, after_push - self.memory.count()
 
     def update(self, s: Tensor, y: Tensor, *, residual: Tensor | None = None) -> tuple[bool, int]:
-        """Offer the pair (s, y) with all products formed here (one pass and one read, plus two passes
-        for the residual when it is not given): the entry point outside the optimizers' steps.
+        """Offer the pair (s, y) with all products formed here (one pass and one read for its products,
+        one combination pass and one read for the residual when it is not given): the entry point
+        outside the optimizers' steps.
 
         Args:
             s, y: the pair, shape (n,).
             residual: y - B s (B form) or s - H y (H form) if the caller knows it; formed here otherwise.
         """
-        self.memory.write_spare(s, y)
-        Ps, Py, dots = self.memory.pair_products(s, y)
+        mem = self.memory
+        mem.write_spare(s, y)
+        Ps, Py, dots = mem.pair_products(s, y)
         if not self.finite_pair(Ps, Py, dots):
             return False, 0  # refused before any product with it is formed
         if residual is None:
-            residual = (y - self.mv(s)) if self.form == "B" else (s - self.inv_mv(y))
+            return self.offer(Ps, Py, dots, residual=self._residual(mem.spare, Ps, Py))
         u = s if self.form == "B" else y
         uTr, rr = to_host(u @ residual, residual @ residual)
         return self.offer(Ps, Py, dots, residual=(float(uTr), float(rr)))
 
-    def _load_residual(self, slot: int, Ps: np.ndarray, Py: np.ndarray) -> tuple[float, float]:
-        """(u^T r, r^T r) of the pair in ``slot`` against the pairs kept so far, from an explicit residual
-        formed in one combination pass into the memory's d row (its scratch) and read once: B form
-        r = y - B s (u = s), H form r = s - H y (u = y), as :meth:`update` forms it."""
+    def _residual(self, slot: int, Ps: np.ndarray, Py: np.ndarray) -> tuple[float, float]:
+        """(u^T r, r^T r) of the pair in (inactive) ``slot`` against the active pairs, from an explicit
+        residual formed in one combination pass into the memory's d row (its scratch) and read once:
+        B form r = y - B s (u = s), H form r = s - H y (u = y). ``Ps``, ``Py``: the pair's products with
+        the slots, masked to the active ones."""
         mem, S = self.memory, self.memory.slots
         primal = self.form == "B"
         b0, c = self.mv_coefficients(Ps) if primal else self.inv_mv_coefficients(Py)
@@ -322,8 +325,7 @@ class LSR1Matrix(LimitedMemoryMatrix):
         c[v] += 1.0
         c[u] -= b0
         r = mem.combine(c, out=mem.d)  # over the pairs only (the g row may hold anything here)
-        u_row = mem.SY_buf[u]
-        uTr, rr = to_host(u_row @ r, r @ r)
+        uTr, rr = to_host(mem.SY_buf[u] @ r, r @ r)
         return float(uTr), float(rr)
 
     def _update_gamma(self, sy: float, yy: float) -> None:
