@@ -11,6 +11,9 @@ Every method starts at x0 and runs until ||grad f|| <= 1e-6 (``GRAD_TOL``) or th
 
 * ``LSR1-TR``: ``lightning_sqn.LSR1(params, memory=5, method="trust_region")``, with ``full_batch``
   False and True (``fb``);
+* ``SR1-TR fb``: ``lightning_sqn.SR1(params, method="trust_region", full_batch=True)``, dense SR1 with
+  the same trust-region rules and Delta_0 as ``LSR1-TR`` and an exact subproblem solution: what
+  limited memory costs, apart from the trust-region rules;
 * ``LBFGS``: ``lightning_sqn.LBFGS(params, memory=5)`` (strong Wolfe line search), ``full_batch`` False
   and True;
 * ``trust-constr``: ``scipy.optimize.minimize(method="trust-constr", jac=True,
@@ -42,6 +45,7 @@ Meyer (10) is beyond 1e-6 in float64 for every method: at its least-squares mini
 
     python benchmarks/mgh_full_batch.py                      # all 12, 1-2 minutes on one core
     python benchmarks/mgh_full_batch.py --markdown --problems 1,5,7 --cap 5000
+    python benchmarks/mgh_full_batch.py --initial-radius 1     # Delta_0 = 1 (trust-constr's) for ours
 """
 
 from __future__ import annotations
@@ -261,9 +265,15 @@ class Run:
 
 
 #: label -> factory of the lightning_sqn optimizers
+#: keyword arguments of every trust-region optimizer (``--initial-radius`` sets Delta_0 here)
+TR_OPTIONS: dict[str, float] = {}
+
 OURS: dict[str, Callable[[list[Tensor]], torch.optim.Optimizer]] = {
-    "LSR1-TR": lambda p: lightning_sqn.LSR1(p, memory=5, method="trust_region"),
-    "LSR1-TR fb": lambda p: lightning_sqn.LSR1(p, memory=5, method="trust_region", full_batch=True),
+    "LSR1-TR": lambda p: lightning_sqn.LSR1(p, memory=5, method="trust_region", **TR_OPTIONS),
+    "LSR1-TR fb": lambda p: lightning_sqn.LSR1(
+        p, memory=5, method="trust_region", full_batch=True, **TR_OPTIONS
+    ),
+    "SR1-TR fb": lambda p: lightning_sqn.SR1(p, method="trust_region", full_batch=True, **TR_OPTIONS),
     "LBFGS": lambda p: lightning_sqn.LBFGS(p, memory=5),
     "LBFGS fb": lambda p: lightning_sqn.LBFGS(p, memory=5, full_batch=True),
 }
@@ -366,7 +376,7 @@ def run_scipy(problem: Problem, method: str, cap: int = DEFAULT_CAP) -> Run:
 
 
 SCIPY = ("trust-constr", "L-BFGS-B")
-COLUMNS = ("LSR1-TR", "LSR1-TR fb", "trust-constr", "LBFGS", "LBFGS fb", "L-BFGS-B")
+COLUMNS = ("LSR1-TR", "LSR1-TR fb", "SR1-TR fb", "trust-constr", "LBFGS", "LBFGS fb", "L-BFGS-B")
 
 
 def run_problem(problem: Problem, cap: int) -> dict[str, Run]:
@@ -405,6 +415,12 @@ def summary(results: dict[int, dict[str, Run]]) -> list[str]:
         if r["LSR1-TR fb"].solved
         and (not r["trust-constr"].solved or r["LSR1-TR fb"].evals <= r["trust-constr"].evals)
     ]
+    dense_le = [
+        k
+        for k, r in results.items()
+        if r["SR1-TR fb"].solved
+        and (not r["trust-constr"].solved or r["SR1-TR fb"].evals <= r["trust-constr"].evals)
+    ]
     tr_le_min = [
         k
         for k, r in results.items()
@@ -432,6 +448,8 @@ def summary(results: dict[int, dict[str, Run]]) -> list[str]:
         f"LSR1-TR fb evaluations <= trust-constr (SR1)'s on {len(tr_le)} of {len(results)} problems "
         f"({', '.join(map(str, tr_le)) or 'none'}); counting only ends at a published minimum: "
         f"{len(tr_le_min)} ({', '.join(map(str, tr_le_min)) or 'none'})",
+        f"SR1-TR fb (dense SR1, the same trust-region rules) evaluations <= trust-constr's on "
+        f"{len(dense_le)} of {len(results)} problems ({', '.join(map(str, dense_le)) or 'none'})",
         f"||grad f|| <= {GRAD_TOL:g} reached (of {len(results)}; at a published minimum): "
         + ", ".join(
             f"{c} {sum(r[c].solved for r in results.values())} ({sum(at_min(k, c) for k in results)})"
@@ -488,6 +506,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated MGH numbers (default 1,...,12)",
     )
     parser.add_argument("--cap", type=int, default=DEFAULT_CAP, help="evaluation cap per run")
+    parser.add_argument(
+        "--initial-radius",
+        type=float,
+        default=None,
+        help="Delta_0 of the trust-region optimizers (default: theirs, ||g_0||; trust-constr uses 1)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--markdown", action="store_true", help="markdown tables")
     args = parser.parse_args(argv)
@@ -500,6 +524,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.initial_radius is not None:
+        TR_OPTIONS["initial_radius"] = args.initial_radius
     start = time.perf_counter()
     results: dict[int, dict[str, Run]] = {}
     for k in args.problems:

@@ -85,7 +85,13 @@ def make_lenet() -> nn.Module:
     )
 
 
-MODELS: dict[str, Callable[[], nn.Module]] = {"mlp": make_mlp, "lenet": make_lenet}
+def make_small() -> nn.Module:
+    """784-32-10 ReLU MLP (25,450 parameters): vectors of 100 KB, so a step's cost is its fixed part
+    (operations dispatched and host arithmetic), the regime of any model on a GPU."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {"mlp": make_mlp, "lenet": make_lenet, "small": make_small}
 
 # ------------------------------------------------------------------------------------------ optimizers
 
@@ -413,7 +419,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--batch", type=int, default=400, help="mini-batch size (default 400)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--models", default="mlp,lenet", help="comma-separated subset of: mlp,lenet")
+    p.add_argument("--models", default="mlp,lenet,small", help="comma-separated subset of: mlp,lenet,small")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--repeats",

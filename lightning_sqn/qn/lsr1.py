@@ -91,7 +91,9 @@ class LSR1Matrix(LimitedMemoryMatrix):
             * ``"scaled"``: gamma = y^T y / s^T y of the newest stored pair when s^T y > 0, else the
               previous gamma (the usual Barzilai-Borwein scaling; gamma stays positive). In the H form
               the scaling of the pair stored *before* the newest is used, because the newest pair's
-              own scaling makes its entry of N^{-1} vanish (y^T s - delta y^T y = 0).
+              own scaling makes its entry of N^{-1} vanish (y^T s - delta y^T y = 0). In the B form a
+              lone pair with its own scaling gives B = gamma (I - r r^T / r^T r), r = y - gamma s:
+              singular along r (``docs/benchmarks.md``, MGH section; the paper fixes B_0 instead).
             * ``"eigen"``: gamma = ``gamma_fraction`` x lambda_hat, with lambda_hat the smallest
               eigenvalue of the pencil (D + L + L^T, S^T S) over the stored pairs, when it is positive
               (Erway, Griffin, Marcia & Omheni 2020). Then M^{-1} = D + L + L^T - gamma S^T S is

@@ -413,6 +413,31 @@ def test_h_form_scaled_gamma_keeps_a_lone_pair() -> None:
     assert float(mat.gamma) == pytest.approx(float(y @ y) / float(s @ y), rel=1e-14)
 
 
+def test_b_form_scaled_gamma_lone_pair_is_singular_along_the_residual() -> None:
+    """B form, gamma="scaled", one stored pair: gamma = y^T y / s^T y and r = y - gamma s give
+    B = gamma I + r r^T / (r^T s) = gamma (I - r r^T / r^T r), since r^T s = -r^T r / gamma. So B is
+    exactly singular along r (what docs/benchmarks.md reports for the MGH runs). The compact form must
+    reproduce that closed form: the matrix from the package, the dense SR1 update and the formula agree."""
+    gen = torch.Generator().manual_seed(27)
+    n = 6
+    A = quadratic(n, gen, 0.5, 3.0)
+    mat = LSR1Matrix(3, n, form="B", gamma="scaled", gamma_init=1.0)
+    s = torch.randn(n, generator=gen, dtype=DTYPE)
+    y = A @ s
+    stored, _ = mat.update(s, y)
+    assert bool(stored) and int(mat.memory.count()) == 1
+    gamma = float(y @ y) / float(s @ y)
+    assert float(mat.gamma) == pytest.approx(gamma, rel=1e-14)
+    r = y - gamma * s
+    eye = torch.eye(n, dtype=DTYPE)
+    closed = gamma * (eye - torch.outer(r, r) / (r @ r))
+    sr1 = gamma * eye + torch.outer(r, r) / (r @ s)
+    B = mat.to_dense()
+    assert rel(B, closed) < 1e-12 and rel(sr1, closed) < 1e-12
+    assert float((B @ r).norm()) <= 1e-12 * float(r.norm()) * gamma
+    torch.testing.assert_close(B @ s, y, rtol=1e-12, atol=1e-12)  # the secant equation still holds
+
+
 def test_repair_reported_dropped_count_with_wrap() -> None:
     """The returned count excludes the pair evicted by the ring buffer (that is not rank repair)."""
     gen = torch.Generator().manual_seed(25)
