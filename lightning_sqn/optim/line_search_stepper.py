@@ -122,9 +122,10 @@ class LineSearchStepper(Stepper):
             # step restarts from the scaled steepest-descent direction (Nocedal & Wright Sec. 7.2).
             flat.set_params(self.x)
             ev.commit_running_stats(False, if_accepted=self.start_eval, if_rejected=self.start_eval)
+            restarted = model.pairs() > 0
             model.reset()
             self._end(f0, None)
-            return self._finish(self._stats(f_trial, False, 0.0, ls, **base))
+            return self._finish(self._stats(f_trial, False, 0.0, ls, restarted=restarted, **base))
         # The parameters hold x + alpha d: the last evaluation was at the chosen step length
         # (re-evaluated above if needed), which is also where g_trial was taken.
         ev.commit_running_stats(True, if_accepted=ev.count - 1, if_rejected=self.start_eval)
@@ -150,6 +151,7 @@ class LineSearchStepper(Stepper):
         pair_stored: bool | None,
         pairs_dropped: int,
         fallback: bool,
+        restarted: bool = False,
     ) -> StepStats:
         return StepStats(
             loss=loss,
@@ -165,6 +167,7 @@ class LineSearchStepper(Stepper):
             line_search_success=None if ls is None else ls.success,
             line_search_reason=None if ls is None else ls.reason,
             fallback_to_gradient=fallback,
+            restarted=restarted,
         )
 
 

@@ -47,6 +47,9 @@ class StepStats:
     line_search_success: bool | None = None
     line_search_reason: str | None = None
     fallback_to_gradient: bool | None = None  #: the quasi-Newton direction was not a descent direction
+    #: the curvature memory was discarded because the step could not progress with it: a line search
+    #: that found no decrease, or a rejected trust-region trial point with f(x_k + s_k) = f(x_k)
+    restarted: bool | None = None
     pairs_sampled: int | None = None  #: curvature pairs sampled at x_k (sampled quasi-Newton)
     pairs_kept: int | Tensor | None = None  #: sampled pairs that passed the SR1 / BFGS test
     hessian_products: int | None = None  #: Hessian-vector products formed in this step
@@ -95,9 +98,10 @@ class Counters:
     skipped_pairs: int = 0
     curvature_products: int = 0
     loss_only_evals: int = 0
+    restarts: int = 0  #: steps that discarded the curvature memory (:attr:`StepStats.restarted`)
 
     #: fields a state saved before they existed may lack (they load as 0)
-    _ADDED: ClassVar[tuple[str, ...]] = ("curvature_products", "loss_only_evals")
+    _ADDED: ClassVar[tuple[str, ...]] = ("curvature_products", "loss_only_evals", "restarts")
 
     @property
     def backprops(self) -> int:
@@ -115,6 +119,7 @@ class Counters:
         )
         self.curvature_products += int(products or 0)
         self.accepted_steps += _count(stats.accepted)
+        self.restarts += int(bool(stats.restarted))
         if stats.pairs_sampled is not None and stats.pairs_kept is not None:  # sampled pairs
             kept = _count(stats.pairs_kept)
             self.stored_pairs += kept

@@ -167,6 +167,15 @@ class TrustRegionStepper(Stepper):
 
     State: the radius (``-1`` until the first step sets Delta_0 = ||g_0||).
 
+    Restart (not in the paper): a rejected trial point with f(x_k + s_k) = f(x_k) exactly means the
+    model's step lies below what f resolves; the radius rule alone cannot recover from that (the step
+    need not be limited by the radius, and pairs of rounding-sized steps are refused), so the curvature
+    memory is discarded and the next step starts from B_0 (``StepStats.restarted``), as L-BFGS-B (Byrd,
+    Lu, Nocedal & Zhu 1995) discards its memory when its line search fails. Measured need: dense SR1
+    with Delta_0 = ||g_0|| on Moré-Garbow-Hillstrom problems 3 and 12, where one far trial point fixed
+    the scale of B_0 (``docs/benchmarks.md``). Not with a sampled refresh (its pairs are rebuilt at
+    every x_k anyway).
+
     Args:
         opt: the optimizer (flat parameters, closure evaluation).
         model: the curvature model.
@@ -214,7 +223,15 @@ class TrustRegionStepper(Stepper):
         # the trial point is the latest evaluation (sampling may have evaluated in between)
         trial_index = ev.count - 1
         ev.commit_running_stats(accepted, if_accepted=trial_index, if_rejected=self.start_eval)
-        if refresh is None:  # y_k for accepted and rejected steps alike (Alg. 1 line 12)
+        # A rejected trial point where f(x_k + s_k) = f(x_k) exactly: the model's step is below what f
+        # resolves, so shrinking the radius cannot help while the model stays (a dense or limited-memory
+        # matrix poisoned by one far trial point keeps proposing rounding-sized steps, and their pairs are
+        # refused as noise). Restart from B_0, as L-BFGS-B discards its memory when its line search
+        # fails (and as the line-search stepper here does); the trial's pair is not staged.
+        restarted = not accepted and ared == 0.0 and refresh is None and model.pairs() > 0
+        if restarted:
+            model.reset()
+        elif refresh is None:  # y_k for accepted and rejected steps alike (Alg. 1 line 12)
             model.stage_trust_region(self.g_trial, res.sigma)
         if accepted:
             self._end(f1, self.g_trial if trial_gradient else None)
@@ -243,6 +260,7 @@ class TrustRegionStepper(Stepper):
             eigenvalues=res.eigenvalues,
             pairs_dropped=dropped,
             gamma=model.gamma(),
+            restarted=restarted,
             **res.extra,
         )
         if refresh is not None:

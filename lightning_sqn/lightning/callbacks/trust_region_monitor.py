@@ -53,6 +53,7 @@ STEP_FIELDS: tuple[str, ...] = (
     "subproblem_status",
     "gamma",
     "pairs_in_memory",
+    "restarted",
     # sampled quasi-Newton, Hessian-free and trust-region Newton
     "pairs_sampled",
     "pairs_kept",
@@ -66,7 +67,9 @@ STEP_FIELDS: tuple[str, ...] = (
 )
 
 #: counts that the epoch aggregation sums instead of averaging
-SUMMED_FIELDS: frozenset[str] = frozenset({"closure_evals", "hessian_products", "curvature_products"})
+SUMMED_FIELDS: frozenset[str] = frozenset(
+    {"closure_evals", "hessian_products", "curvature_products", "restarted"}
+)
 #: codes (not quantities): logged per step, left out of the epoch means
 CATEGORICAL_FIELDS: frozenset[str] = frozenset({"cg_reason", "subproblem_status"})
 
