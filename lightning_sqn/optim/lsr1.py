@@ -26,8 +26,10 @@ class LSR1(QuasiNewtonOptimizer):
     subproblem by the OBS method; the step is accepted if rho = ared/pred > eta and the radius follows
     :class:`~lightning_sqn.globalization.trust_region.TrustRegionPolicy` (Delta_0 = ||g_0||). The pair
     (s_k, y_k) is offered to the memory for accepted and rejected steps alike (Alg. 1 lines 12, 26), at
-    the start of the next step. Everything m x m is host float64 arithmetic; the device does two
-    passes over the pair buffer per step.
+    the start of the next step. A rejected trial point with f(x_k + s_k) = f(x_k) exactly discards the
+    memory instead (``last_step.restarted``; see
+    :class:`~lightning_sqn.optim.steppers.TrustRegionStepper`). Everything m x m is host float64
+    arithmetic; the device does two passes over the pair buffer per step.
 
     ``method="line_search"``: d_k = -H_k g_k from the inverse compact form (steepest descent when d_k is
     not a descent direction, which SR1 allows), a line search from alpha_0 = min(1, 2 alpha_{k-1})
