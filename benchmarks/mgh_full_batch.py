@@ -264,10 +264,10 @@ class Run:
         return self.grad_norm <= GRAD_TOL
 
 
-#: label -> factory of the lightning_sqn optimizers
 #: keyword arguments of every trust-region optimizer (``--initial-radius`` sets Delta_0 here)
 TR_OPTIONS: dict[str, float] = {}
 
+#: label -> factory of the lightning_sqn optimizers
 OURS: dict[str, Callable[[list[Tensor]], torch.optim.Optimizer]] = {
     "LSR1-TR": lambda p: lightning_sqn.LSR1(p, memory=5, method="trust_region", **TR_OPTIONS),
     "LSR1-TR fb": lambda p: lightning_sqn.LSR1(
