@@ -97,7 +97,11 @@ def spectrum_stats(eigenvalues: np.ndarray | None) -> tuple[float | None, float 
     """(min, max, number of negative entries) of the eigenvalues of B that a solver reports."""
     if eigenvalues is None:
         return None, None, None
-    return float(eigenvalues.min()), float(eigenvalues.max()), int((eigenvalues < 0).sum())
+    values = eigenvalues.tolist()  # a dozen numbers: Python builtins, no NumPy reductions
+    negative = sum(v < 0.0 for v in values)
+    if any(math.isnan(v) for v in values):  # as NumPy's min / max would report
+        return math.nan, math.nan, negative
+    return float(min(values)), float(max(values)), negative
 
 
 class Stepper(AttributePart):

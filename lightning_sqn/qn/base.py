@@ -120,7 +120,7 @@ class LimitedMemoryMatrix:
             if not self.finite_pair(Ps, Py, dots):
                 continue
             self.offer(Ps, Py, dots, residual=self._residual(i, Ps, Py))
-        mem.spare = int(np.flatnonzero(~mem.active)[0])
+        mem.spare = int((~mem.active).nonzero()[0][0])
         return mem.count()
 
     def _residual(self, slot: int, Ps: np.ndarray, Py: np.ndarray) -> tuple[float, float] | None:

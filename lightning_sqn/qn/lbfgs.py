@@ -73,9 +73,9 @@ class LBFGSMatrix(LimitedMemoryMatrix):
     def _active(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Active slots in time order (R below is then upper triangular), and their index grid."""
         mem = self.memory
-        idx = np.flatnonzero(mem.active)
-        idx = idx[np.argsort(mem.serial[idx], kind="stable")]
-        return idx, np.ix_(idx, idx)
+        idx = mem.active.nonzero()[0]
+        idx = idx[mem.serial[idx].argsort(kind="stable")]
+        return idx, (idx[:, None], idx)
 
     def inv_mv_coefficients(self, proj: np.ndarray) -> tuple[float, np.ndarray]:
         """H v = delta v + [S Y] c (Thm. 2.2) from proj = [S Y]^T v, (2(m+1),) or (2(m+1), k)."""
@@ -89,7 +89,7 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         # R: upper triangle (diagonal included) of S^T Y in time order
         earlier_or_same = mem.serial[idx][:, None] <= mem.serial[idx][None, :]
         R = np.where(earlier_or_same, SY, 0.0)
-        D = np.diag(np.diagonal(SY))
+        D = np.diag(SY.diagonal())
         a = proj[idx]
         b = delta * proj[m + idx]
         Rinv_a = scipy.linalg.solve_triangular(R, a, lower=False, check_finite=False)
@@ -112,7 +112,7 @@ class LBFGSMatrix(LimitedMemoryMatrix):
         SY = mem.SY[ix]
         later = mem.serial[idx][:, None] > mem.serial[idx][None, :]
         L = np.where(later, SY, 0.0)
-        D = np.diag(np.diagonal(SY))
+        D = np.diag(SY.diagonal())
         K = np.block([[gamma * mem.SS[ix], L], [L.T, -D]])
         z = np.linalg.solve(K, np.concatenate((gamma * proj[idx], proj[m + idx])))
         k = idx.size

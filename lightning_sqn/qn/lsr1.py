@@ -25,6 +25,7 @@ rule, rank repair, the choice of gamma) is host NumPy float64 on the Gram matric
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -69,6 +70,14 @@ class CompactFactors:
         Sv, Yv = proj[:m], proj[m:]
         out = Yv - self.b0 * Sv if self.primal else Sv - self.b0 * Yv
         return np.where(self.mask if out.ndim == 1 else self.mask[:, None], out, 0.0)
+
+
+@functools.cache
+def _lower(k: int) -> np.ndarray:
+    """The (k, k) boolean mask of the lower triangle with the diagonal (read-only, made once per k)."""
+    mask = np.tri(k, dtype=bool)
+    mask.flags.writeable = False
+    return mask
 
 
 def _default_rank_tol(dtype: torch.dtype) -> float:
@@ -160,8 +169,8 @@ class LSR1Matrix(LimitedMemoryMatrix):
     def _time_ordered(self) -> np.ndarray:
         """The active slots, oldest first."""
         mem = self.memory
-        idx = np.flatnonzero(mem.active)
-        return idx[np.argsort(mem.serial[idx], kind="stable")]
+        idx = mem.active.nonzero()[0]
+        return idx[mem.serial[idx].argsort(kind="stable")]
 
     def _middle_inverse(self, primal: bool, idx: np.ndarray, b0: float) -> tuple[np.ndarray, np.ndarray]:
         """(Psi^T Psi, M^{-1}) over the pairs ``idx`` in time order (Phi^T Phi, N^{-1} for the H form).
@@ -171,13 +180,13 @@ class LSR1Matrix(LimitedMemoryMatrix):
         """
         mem, k = self.memory, idx.size
         ii = np.concatenate((idx, mem.slots + idx))
-        sub = mem.G[np.ix_(ii, ii)]  # [S Y]^T [S Y] over the pairs, in time order
+        sub = mem.G[ii[:, None], ii]  # [S Y]^T [S Y] over the pairs, in time order
         SS, SY, YY = sub[:k, :k], sub[:k, k:], sub[k:, k:]
         UV = SY if primal else SY.T  # UV[i, j] = u_i^T v_j
         UU, VV = (SS, YY) if primal else (YY, SS)
-        Lt = np.tril(UV, -1)  # time order: row i is later than column j below the diagonal
-        inv = np.diag(np.diagonal(UV)) + Lt + Lt.T - b0 * UU
-        gram = VV - b0 * (UV + UV.T) + b0 * b0 * UU
+        # D + L + L^T: UV on and below the diagonal (row i later than column j below it), UV^T above
+        inv = np.where(_lower(k), UV, UV.T) - b0 * UU
+        gram = VV - b0 * (UV + UV.T) + (b0 * b0) * UU
         return gram, inv
 
     def factors(self, primal: bool = True) -> CompactFactors:
@@ -195,7 +204,7 @@ class LSR1Matrix(LimitedMemoryMatrix):
                     block_gram, block_inv = cached[3], cached[4]
                 else:
                     block_gram, block_inv = self._middle_inverse(primal, idx, b0)
-                ix = np.ix_(idx, idx)
+                ix = (idx[:, None], idx)
                 gram[ix] = block_gram
                 try:
                     middle[ix] = np.linalg.inv(block_inv)
@@ -361,14 +370,14 @@ class LSR1Matrix(LimitedMemoryMatrix):
         steps do not break it. NaN if there is no pair.
         """
         mem = self.memory
-        idx = np.flatnonzero(mem.active)
+        idx = mem.active.nonzero()[0]
         if idx.size == 0:
             return math.nan
-        ix = np.ix_(idx, idx)
+        ix = (idx[:, None], idx)
         SS = mem.SS[ix]
         SY = mem.SY[ix]
         Lt = np.where(mem.serial[idx][:, None] > mem.serial[idx][None, :], SY, 0.0)
-        A = np.diag(np.diagonal(SY)) + Lt + Lt.T
+        A = np.diag(SY.diagonal()) + Lt + Lt.T
         E, V = np.linalg.eigh(SS)
         keep = E > (self.rank_tol**2) * max(E.max(), np.finfo(float).tiny)
         W = V[:, keep] / np.sqrt(E[keep])
@@ -391,8 +400,8 @@ class LSR1Matrix(LimitedMemoryMatrix):
         # ((U, V) = (S, Y), or (Y, S) for the H form), not with their own largest eigenvalue: that cannot
         # see cancellation (a 1 x 1 M^{-1} that is zero up to rounding would always pass).
         UU, VV = (mem.SS, mem.YY) if primal else (mem.YY, mem.SS)
-        uu = np.diagonal(UU)[idx]
-        vv = np.diagonal(VV)[idx]
+        uu = UU.diagonal()[idx]
+        vv = VV.diagonal()[idx]
         for k in range(idx.size):
             u_norm = math.sqrt(max(float(uu[k:].sum()), 0.0))  # ||U||_F over the pairs kept
             size = math.sqrt(max(float(vv[k:].sum()), 0.0)) + abs(b0) * u_norm

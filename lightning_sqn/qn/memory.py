@@ -253,7 +253,7 @@ class PairMemory:
     def combine_step(self, c: np.ndarray, c_g: float) -> Tensor:
         """Pass 2 of a step: d = c_g g + [S Y] c into the d row (one batched product over the slots and
         g; c is zero on inactive slots). Returns the d row."""
-        self._coef.copy_(to_device(np.append(c, c_g), self._coef))
+        self._coef.copy_(to_device(np.concatenate((c, (c_g,))), self._coef))
         torch.bmm(self._coef_blocks, self._pass_blocks, out=self._d_block)
         return self.d
 
@@ -349,11 +349,11 @@ class PairMemory:
         self.next_serial += 1
         self.active[j] = True
         if self.active.sum() > self.m:  # drop the oldest: its slot is the new spare
-            idx = np.flatnonzero(self.active)
+            idx = self.active.nonzero()[0]
             self.spare = int(idx[np.argmin(self.serial[idx])])
             self.active[self.spare] = False
         else:
-            self.spare = int(np.flatnonzero(~self.active)[0])
+            self.spare = int((~self.active).nonzero()[0][0])
         return j
 
     def append(self, s: Tensor, y: Tensor) -> int:

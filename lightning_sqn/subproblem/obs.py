@@ -152,10 +152,10 @@ def solve_obs_host(
 
     # 1.-3. Spectral coordinates on the active slots (inactive slots are zero in every input).
     full = bool(mask.all())
-    idx = None if full else np.flatnonzero(mask)
+    idx = None if full else mask.nonzero()[0]
     k = m if full else idx.size
     if k and not full:
-        sub = np.ix_(idx, idx)
+        sub = (idx[:, None], idx)
         gram, middle, psi_g = gram[sub], middle[sub], psi_g[idx]
     if k:
         e, V = np.linalg.eigh(gram)
