@@ -227,11 +227,7 @@ class TrustRegionStepper(Stepper):
         # the trial point is the latest evaluation (sampling may have evaluated in between)
         trial_index = ev.count - 1
         ev.commit_running_stats(accepted, if_accepted=trial_index, if_rejected=self.start_eval)
-        # A rejected trial point where f(x_k + s_k) = f(x_k) exactly: the model's step is below what f
-        # resolves, so shrinking the radius cannot help while the model stays (a dense or limited-memory
-        # matrix poisoned by one far trial point keeps proposing rounding-sized steps, and their pairs are
-        # refused as noise). Restart from B_0, as L-BFGS-B discards its memory when its line search
-        # fails (and as the line-search stepper here does); the trial's pair is not staged.
+        # the restart of the class docstring (the trial's pair is then not staged)
         restarted = not accepted and ared == 0.0 and refresh is None and model.pairs() > 0
         if restarted:
             model.reset()

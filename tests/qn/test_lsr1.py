@@ -394,16 +394,22 @@ def test_numerically_singular_single_pair_is_dropped(form) -> None:
     torch.testing.assert_close(mat.to_dense_inverse(), eye / float(mat.gamma), rtol=1e-15, atol=0)
 
 
+def lone_scaled_pair(form: str, seed: int, n: int):
+    """A memory-3 matrix with gamma="scaled" offered one exact pair (y = A s, A SPD in [0.5, 3]):
+    (generator, A, matrix, s, y, what update returned)."""
+    gen = torch.Generator().manual_seed(seed)
+    A = quadratic(n, gen, 0.5, 3.0)
+    mat = LSR1Matrix(3, n, form=form, gamma="scaled", gamma_init=1.0)
+    s = torch.randn(n, generator=gen, dtype=DTYPE)
+    y = A @ s
+    return gen, A, mat, s, y, mat.update(s, y)
+
+
 def test_h_form_scaled_gamma_keeps_a_lone_pair() -> None:
     """H form, gamma="scaled": the newest pair's own scaling would zero its N^{-1} entry, so the lagged
     scaling is used and a first pair on a convex problem is kept (secant equation H y = s holds)."""
-    gen = torch.Generator().manual_seed(26)
     n = 7
-    A = quadratic(n, gen, 0.5, 3.0)
-    mat = LSR1Matrix(3, n, form="H", gamma="scaled", gamma_init=1.0)
-    s = torch.randn(n, generator=gen, dtype=DTYPE)
-    y = A @ s
-    stored, dropped = mat.update(s, y)
+    gen, A, mat, s, y, (stored, dropped) = lone_scaled_pair("H", seed=26, n=n)
     assert bool(stored) and int(dropped) == 0 and int(mat.memory.count()) == 1
     assert float(mat.gamma) == 1.0  # lagged: the first pair's scaling waits for the next pair
     torch.testing.assert_close(mat.inv_mv(y), s, rtol=1e-12, atol=1e-12)
@@ -418,13 +424,8 @@ def test_b_form_scaled_gamma_lone_pair_is_singular_along_the_residual() -> None:
     B = gamma I + r r^T / (r^T s) = gamma (I - r r^T / r^T r), since r^T s = -r^T r / gamma. So B is
     exactly singular along r (what docs/benchmarks.md reports for the MGH runs). The compact form must
     reproduce that closed form: the matrix from the package, the dense SR1 update and the formula agree."""
-    gen = torch.Generator().manual_seed(27)
     n = 6
-    A = quadratic(n, gen, 0.5, 3.0)
-    mat = LSR1Matrix(3, n, form="B", gamma="scaled", gamma_init=1.0)
-    s = torch.randn(n, generator=gen, dtype=DTYPE)
-    y = A @ s
-    stored, _ = mat.update(s, y)
+    _, _, mat, s, y, (stored, _) = lone_scaled_pair("B", seed=27, n=n)
     assert bool(stored) and int(mat.memory.count()) == 1
     gamma = float(y @ y) / float(s @ y)
     assert float(mat.gamma) == pytest.approx(gamma, rel=1e-14)
