@@ -157,18 +157,7 @@ class FlatParams:
         """x <- x + alpha flat on the parameters, in place, computed in the state dtype and rounded once to
         each parameter's dtype: the same values as writing x + alpha flat formed in a flat buffer, with
         one pass instead of two."""
-        if alpha == 1.0:
-            torch._foreach_add_(self.params, self.views(flat))
-        else:
-            torch._foreach_add_(self.params, self.views(flat), alpha=alpha)
-
-    @torch.no_grad()
-    def add_to_params(self, flat: Tensor, alpha: float = 1.0) -> None:
-        """x <- x + alpha * flat, in place on the parameters."""
-        views = self.views(flat)
-        if any(v.dtype != p.dtype for v, p in zip(views, self.params, strict=True)):
-            views = [v.to(p.dtype) for v, p in zip(views, self.params, strict=True)]
-        torch._foreach_add_(self.params, views, alpha=alpha)
+        torch._foreach_add_(self.params, self.views(flat), alpha=alpha)
 
 
 class FunctionalModule:

@@ -22,6 +22,7 @@ from lightning_sqn.globalization.linesearch import (
 from lightning_sqn.globalization.trust_region import DEFAULT_POLICY, TrustRegionPolicy, check_policy
 from lightning_sqn.optim.base import QuasiNewtonOptimizer
 from lightning_sqn.optim.line_search_stepper import LineSearchStepper
+from lightning_sqn.optim.models import gradient_direction
 from lightning_sqn.optim.steppers import TrustRegionStepper
 from lightning_sqn.qn.dense import MAX_DENSE_DIM, DenseBFGS, DenseQuasiNewton, DenseSR1
 from lightning_sqn.subproblem.exact import solve_exact
@@ -63,9 +64,7 @@ class DenseModel:
 
     def gradient_direction(self) -> tuple[float, float]:
         """d = -g / gamma into :attr:`s` (the fallback when -H g is not a descent direction)."""
-        gamma = self.gamma()
-        torch.mul(self.g, -1.0 / gamma, out=self.s)
-        return -self._gg / gamma, math.sqrt(self._gg) / gamma
+        return gradient_direction(self.g, self.s, self._gg, self.gamma())
 
     def stage_line_search(self, g_trial: Tensor, alpha: float) -> None:
         """s = alpha d (d is in the s row), y = g(x + s) - g(x)."""

@@ -36,6 +36,13 @@ from lightning_sqn.subproblem.obs import NEWTON_ITERS, solve_obs_projected
 from lightning_sqn.subproblem.result import HostTrustRegionStep
 
 
+def gradient_direction(g: Tensor, out: Tensor, gg: float, gamma: float) -> tuple[float, float]:
+    """d = -g / gamma into ``out`` (the models' fallback when -H g is not a descent direction); returns
+    (g^T d, ||d||) from g^T g = ``gg`` on the host."""
+    torch.mul(g, -1.0 / gamma, out=out)
+    return -gg / gamma, math.sqrt(gg) / gamma
+
+
 class LimitedMemoryModel:
     """An :class:`LSR1Matrix` or :class:`LBFGSMatrix` as trust-region or line-search model.
 
@@ -161,8 +168,7 @@ class LimitedMemoryModel:
         """d = -g / gamma into :attr:`s` (the fallback when -H g is not a descent direction)."""
         gamma = self.gamma()
         self._step_coef = (-1.0 / gamma, np.zeros(2 * self.matrix.memory.slots), self._projection())
-        torch.mul(self.g, -1.0 / gamma, out=self.s)
-        return -self._gg / gamma, math.sqrt(self._gg) / gamma
+        return gradient_direction(self.g, self.s, self._gg, gamma)
 
     # ------------------------------------------------------------------ phase 3
     def stage_trust_region(self, g_trial: Tensor, sigma: float) -> None:
@@ -262,4 +268,4 @@ class LimitedMemoryModel:
             self._staged_scale = (float(v[-2]), float(v[-1]))
 
 
-__all__ = ["LimitedMemoryModel"]
+__all__ = ["LimitedMemoryModel", "gradient_direction"]

@@ -265,7 +265,7 @@ class TrustRegionNewton(QuasiNewtonOptimizer):
         a = model.norm_diag()
         lr = self.learning_rate()
         s = g.mul(-lr) if a is None else g.div(a).mul_(-lr)
-        self._flat.add_to_params(s)
+        self._flat.step_params(s)
         ev.commit_running_stats(True, if_accepted=0)
         step_norm = torch.linalg.vector_norm(s) if a is None else torch.sqrt(s @ (a * s))
         return StepStats(

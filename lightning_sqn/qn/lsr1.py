@@ -296,10 +296,9 @@ class LSR1Matrix(LimitedMemoryMatrix):
         ):
             return False, 0
         self.memory.push(Ps, Py, ss, sy, yy)
-        self._invalidate()
         after_push = self.memory.count()
         self._update_gamma(sy, yy)
-        self._invalidate()
+        self._invalidate()  # after the push and the new gamma; rank repair then caches its blocks
         self._repair(self.form == "B")
         return True, after_push - self.memory.count()
 

@@ -336,8 +336,7 @@ class PairMemory:
             ss, sy, yy: s^T s, s^T y, y^T y.
         """
         S, j = self.slots, self.spare
-        keep = np.concatenate((self.active, self.active))
-        Ps, Py = np.where(keep, Ps, 0.0), np.where(keep, Py, 0.0)
+        Ps, Py = self.mask(Ps), self.mask(Py)
         G = self.G
         # Row/column j (s) and S + j (y) of the Gram matrix: products with the other slots; then the
         # pair's own products.
